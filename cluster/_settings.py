@@ -1,0 +1,88 @@
+"""All ``ATTUNE_*`` environment settings, parsed and validated in one place.
+
+Every setting has an environment variable; the CLI exposes a flag where one
+makes sense and the flag wins over the variable.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# env var -> field name. Keep the names in one table so the README can list them.
+ENV_VARS: dict[str, str] = {
+    "ATTUNE_HOME": "home",
+    "RAY_ADDRESS": "ray_address",
+    "ATTUNE_RAY_NUM_CPUS": "ray_num_cpus",
+    "ATTUNE_S3_ENDPOINT_URL": "s3_endpoint_url",
+    "ATTUNE_LOG_LEVEL": "log_level",
+    "ATTUNE_BASE": "base",
+    "ATTUNE_WORKERS": "num_workers",
+    "ATTUNE_ZERO_STAGE": "zero_stage",
+    "ATTUNE_MAX_FAILURES": "max_failures",
+    "ATTUNE_PROGRESS_INTERVAL_S": "progress_interval_s",
+    "ATTUNE_NEWSDESK_DATA": "newsdesk_data",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value attune cannot use."""
+
+
+class Settings(BaseModel):
+    """Process-wide settings. Build with :func:`get_settings`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(default=Path(".attune"), description="All embedded state lives here.")
+    ray_address: Optional[str] = Field(default=None, description="Connect to this Ray cluster.")
+    ray_num_cpus: Optional[int] = Field(default=None, ge=1, description="CPUs for the embedded Ray.")
+    s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint.")
+    log_level: str = "INFO"
+    base: str = "minilm"
+    num_workers: int = Field(default=2, ge=1)
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    max_failures: int = Field(default=2, ge=0)
+    progress_interval_s: float = Field(default=10.0, gt=0, le=10.0)
+    newsdesk_data: Optional[Path] = Field(default=None, description="Twitter Financial News CSV folder.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return value
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def ray_storage_dir(self) -> Path:
+        return (self.home / "ray_results").resolve()
+
+
+def get_settings(environ: Optional[dict[str, str]] = None, **overrides) -> Settings:
+    """Read settings from the environment; ``overrides`` (CLI flags) win when not None."""
+    environ = os.environ if environ is None else environ
+    values: dict = {}
+    for var, field in ENV_VARS.items():
+        raw = environ.get(var)
+        if raw not in (None, ""):
+            values[field] = raw
+    if not values.get("s3_endpoint_url") and environ.get("AWS_ENDPOINT_URL"):
+        values["s3_endpoint_url"] = environ["AWS_ENDPOINT_URL"]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        field_to_var = {f: v for v, f in ENV_VARS.items()}
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            source = field_to_var.get(field, field)
+            problems.append(f"{source}={values.get(field)!r}: {err['msg']}")
+        raise SettingsError("invalid attune settings: " + "; ".join(problems)) from None

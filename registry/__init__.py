@@ -1,0 +1,2 @@
+"""attune registry package (see its issue)."""
+__all__: list[str] = []

@@ -1,0 +1,2 @@
+"""attune serve package (see its issue)."""
+__all__: list[str] = []

@@ -1,0 +1,146 @@
+"""``attune data demo``, ``attune finetune`` and ``attune predict``."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    _register_data(subparsers)
+    _register_finetune(subparsers)
+    _register_predict(subparsers)
+
+
+def _register_data(subparsers) -> None:
+    data = subparsers.add_parser("data", help="tenant data utilities")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    demo = data_sub.add_parser("demo", help="write the demo tenants' data (john, jane, newsdesk)")
+    demo.add_argument("--out", required=True, type=Path, help="directory to write the JSONL files into")
+    demo.add_argument("--newsdesk-source", type=Path, default=None,
+                      help="folder with the Twitter Financial News CSVs (env ATTUNE_NEWSDESK_DATA; "
+                           "default ../shared/data/twitter-financial-news-sentiment)")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    demo.set_defaults(handler=_run_data_demo)
+
+
+def _register_finetune(subparsers) -> None:
+    p = subparsers.add_parser("finetune", help="fine-tune one tenant's classifier on Ray Train + DeepSpeed")
+    p.add_argument("--tenant", required=True, help="tenant id, e.g. john")
+    p.add_argument("--data", required=True, help="JSONL/CSV path or s3://bucket/key with text,label columns")
+    p.add_argument("--base", default=None, help="'minilm' (default, env ATTUNE_BASE) or a Hugging Face model dir")
+    p.add_argument("--method", choices=["full", "lora"], default="full")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (env ATTUNE_WORKERS, default 2)")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
+                   help="DeepSpeed ZeRO stage (env ATTUNE_ZERO_STAGE, default 2)")
+    p.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=16, help="per-worker micro-batch size (default 16)")
+    p.add_argument("--max-seq-len", type=int, default=64, help="tokens per text (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="export directory (default $ATTUNE_HOME/models/TENANT/TIME)")
+    p.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (--method lora)")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (--method lora)")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="worker-group restarts from the last checkpoint (env ATTUNE_MAX_FAILURES, default 2)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+    p.set_defaults(handler=_run_finetune)
+
+
+def _register_predict(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="label texts with an exported model directory")
+    p.add_argument("--model", required=True, type=Path, help="a model_dir printed by attune finetune")
+    p.add_argument("--text", required=True, action="append", help="text to label; repeat for more")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_run_predict)
+
+
+def _run_data_demo(args: argparse.Namespace) -> int:
+    from cluster.cli import emit_json
+    from train._demo import default_newsdesk_source, write_demo_data
+
+    source = args.newsdesk_source or default_newsdesk_source()
+    summary = write_demo_data(args.out, newsdesk_source=source)
+    if args.json:
+        emit_json(summary)
+    else:
+        for tenant, path in summary["files"].items():
+            print(f"{tenant:<9} {summary['rows'][tenant]:>6} rows  {path}")
+        print(f"john and jane disagree on {summary['conflicting_rows']} rows "
+              f"({summary['conflict_fraction']:.0%})")
+        if "newsdesk" not in summary["files"]:
+            print("newsdesk skipped: Twitter Financial News CSVs not found; pass --newsdesk-source DIR",
+                  file=sys.stderr)
+    return 0
+
+
+def finetune_config_from_args(args: argparse.Namespace, settings):
+    from pydantic import ValidationError
+
+    from train._config import FinetuneConfig
+    from train._errors import ConfigError
+
+    values = dict(
+        tenant=args.tenant, data=args.data, base=args.base or settings.base, method=args.method,
+        num_workers=args.workers or settings.num_workers,
+        zero_stage=settings.zero_stage if args.zero_stage is None else args.zero_stage,
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
+        seed=args.seed, out=args.out, patience=args.patience, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
+    )
+    try:
+        return FinetuneConfig(**values)
+    except ValidationError as exc:
+        raise ConfigError(_flag_errors(exc)) from None
+
+
+def _flag_errors(exc) -> str:
+    flags = {"num_workers": "--workers"}
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "config"
+        flag = flags.get(field, "--" + field.replace("_", "-"))
+        parts.append(f"{flag}={err.get('input')!r}: {err['msg']}")
+    return "invalid finetune options: " + "; ".join(parts)
+
+
+def _run_finetune(args: argparse.Namespace) -> int:
+    from cluster import get_settings, shutdown_ray
+    from cluster.cli import emit_json
+    from train._finetune import finetune
+
+    settings = get_settings(home=args.home, log_level=args.log_level)
+    config = finetune_config_from_args(args, settings)
+    try:
+        summary = finetune(config, settings=settings)
+    finally:
+        shutdown_ray()
+    summary.pop("history", None)
+    if args.json:
+        emit_json(summary)
+    else:
+        m = summary["metrics"]
+        print(f"tenant {summary['tenant']}: test accuracy {m['test_accuracy']:.4f}, macro-F1 "
+              f"{m['test_macro_f1']:.4f}, ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} "
+              f"(T={m['temperature']:.3f}) in {summary['train_seconds']:.0f}s")
+        print(f"model: {summary['model_dir']}")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from cluster.cli import emit_json
+    from train._export import Predictor
+
+    predictor = Predictor(args.model)
+    predictions = predictor.predict(args.text)
+    if args.json:
+        emit_json({"predictions": predictions})
+    else:
+        for text, pred in zip(args.text, predictions):
+            scores = "  ".join(f"{k}={v:.3f}" for k, v in pred["scores"].items())
+            print(f"{pred['label']:<10} {scores}  | {text}")
+    return 0

@@ -1,0 +1,91 @@
+"""DeepSpeed plumbing for the training loops: config, engine, ZeRO-aware checkpoints and state."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from cluster import choose_ds_accelerator
+
+_STATE = "attune_state.json"
+_BEST = "best_model.pt"
+_TAG = "ckpt"
+
+
+def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
+              grad_accum: int = 1, world_size: int = 1, offload: str = "none") -> dict:
+    """A DeepSpeed config: fp32 on CPU, bf16 on GPU, ZeRO at ``zero_stage``."""
+    zero: dict = {"stage": zero_stage}
+    if zero_stage >= 1 and offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def init_engine(model, optimizer, scheduler, config: dict):
+    """``deepspeed.initialize`` with our torch optimizer (no fused-op build on CPU)."""
+    choose_ds_accelerator()
+    import deepspeed
+
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
+        dist_init_required=False,
+    )
+    return engine, scheduler
+
+
+def gather_state_dict(engine, zero_stage: int, rank: int) -> Optional[dict]:
+    """The full module state on rank 0 (CPU tensors); None on other ranks.
+
+    Under ZeRO-3 parameters are partitioned, so every rank must enter the gather.
+    """
+    module = engine.module
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return _cpu_state(module) if rank == 0 else None
+    return _cpu_state(module) if rank == 0 else None
+
+
+def _cpu_state(module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(engine, directory: Path, rank: int, state: dict, best_state: Optional[dict]) -> None:
+    """Every rank writes its ZeRO shard; rank 0 adds the loop state and the best weights."""
+    import torch
+
+    engine.save_checkpoint(str(directory), tag=_TAG)
+    if rank == 0:
+        (directory / _STATE).write_text(json.dumps(state))
+        if best_state is not None:
+            torch.save(best_state, directory / _BEST)
+
+
+def load_checkpoint(engine, directory: Path) -> tuple[dict, Optional[dict]]:
+    """Restore engine, optimizer and scheduler; return the loop state and best weights."""
+    import torch
+
+    engine.load_checkpoint(str(directory), tag=_TAG)
+    state = json.loads((directory / _STATE).read_text())
+    best_path = directory / _BEST
+    best = torch.load(best_path, map_location="cpu") if best_path.exists() else None
+    return state, best
+
+
+def use_gpu_here() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") == "cuda"

@@ -1,0 +1,272 @@
+"""The fine-tuning recipe that runs on every Ray Train worker.
+
+Reads top to bottom: setup, restore, train with early stopping, evaluate,
+calibrate, export. Rank 0 logs and exports; every rank writes its ZeRO shard.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from train import _deepspeed as ds
+from train._config import FinetuneConfig
+from train._export import build_manifest, export_model
+from train._metrics import classification_report, fit_temperature, macro_f1
+from train._model import build_classifier, load_tokenizer, resolve_base
+
+logger = logging.getLogger("attune.train")
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """Ray Train entry point. ``loop_config`` holds ``finetune`` (a config dict) and ``data``."""
+    import ray.train
+    import torch
+
+    cfg = FinetuneConfig(**loop_config["finetune"])
+    data = loop_config["data"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _setup_logging(rank, loop_config.get("log_level", "INFO"))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+
+    base_dir = resolve_base(cfg.base)
+    tokenizer = load_tokenizer(base_dir)
+    labels = data["labels"]
+    splits = {name: _encode(tokenizer, data[name], cfg.max_seq_len) for name in ("train", "validation", "test")}
+    model = _new_model(cfg, base_dir, labels)
+    loader = _loader(splits["train"], cfg.batch_size, rank, world, cfg.seed, shuffle=True)
+    total_steps = cfg.epochs * len(loader)
+    engine, scheduler = _engine(cfg, model, total_steps, world)
+    state, best = _restore(engine, rank)
+    torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
+
+    progress = _Progress(rank, cfg, total_steps, len(loader), loop_config.get("progress_interval_s", 10.0))
+    progress.step = state["epoch"] * len(loader)
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        train_loss = _train_epoch(engine, loader, epoch, progress)
+        val_f1 = _val_macro_f1(engine, splits["validation"], cfg, rank, world, len(labels))
+        state["epoch"] = epoch + 1
+        improved = val_f1 > state["best_val_macro_f1"]
+        if improved:
+            state.update(best_val_macro_f1=val_f1, best_epoch=epoch + 1, bad_epochs=0)
+            best = ds.gather_state_dict(engine, cfg.zero_stage, rank)
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_macro_f1": val_f1})
+        if rank == 0:
+            logger.info("epoch %d/%d  train_loss %.4f  val_macro_f1 %.4f%s", epoch + 1, cfg.epochs,
+                        train_loss, val_f1, "  (best)" if improved else "")
+        _report_checkpoint(engine, rank, state, best, {"epoch": epoch + 1, "train_loss": train_loss,
+                                                       "val_macro_f1": val_f1})
+    return _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data)
+
+
+def _setup_logging(rank: int, level: str) -> None:
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(name)s %(message)s", force=True)
+    logger.setLevel(level if rank == 0 else "WARNING")
+
+
+def _new_model(cfg: FinetuneConfig, base_dir: Path, labels: list[str]):
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the same head on every rank and every attempt
+    return build_classifier(base_dir, labels, method=cfg.method, lora_rank=cfg.lora_rank,
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+
+
+def _encode(tokenizer, rows: list, max_seq_len: int):
+    """(texts, label ids) -> a TensorDataset of (input_ids, attention_mask, labels, index)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    texts = [t for t, _ in rows]
+    enc = tokenizer(texts, truncation=True, padding="max_length", max_length=max_seq_len, return_tensors="pt")
+    labels = torch.tensor([y for _, y in rows], dtype=torch.long)
+    return TensorDataset(enc["input_ids"], enc["attention_mask"], labels, torch.arange(len(rows)))
+
+
+def _loader(dataset, batch_size: int, rank: int, world: int, seed: int, shuffle: bool):
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+
+
+def _engine(cfg: FinetuneConfig, model, total_steps: int, world: int):
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    config = ds.ds_config(micro_batch_size=cfg.batch_size, zero_stage=cfg.zero_stage,
+                          use_bf16=ds.use_gpu_here(), world_size=world)
+    return ds.init_engine(model, optimizer, scheduler, config)
+
+
+def _restore(engine, rank: int) -> tuple[dict, dict | None]:
+    import ray.train
+
+    state = {"epoch": 0, "best_val_macro_f1": -1.0, "best_epoch": 0, "bad_epochs": 0,
+             "history": [], "restarts": 0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return state, None
+    with checkpoint.as_directory() as directory:
+        state, best = ds.load_checkpoint(engine, Path(directory))
+    state["restarts"] += 1
+    if rank == 0:
+        logger.info("resumed from checkpoint after epoch %d (restart %d)", state["epoch"], state["restarts"])
+    return state, best
+
+
+def _train_epoch(engine, loader, epoch: int, progress: "_Progress") -> float:
+    engine.train()
+    loader.sampler.set_epoch(epoch)
+    device = engine.device
+    losses = []
+    for input_ids, attention_mask, labels, _ in loader:
+        input_ids, attention_mask = _trim(input_ids, attention_mask)
+        out = engine(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                     labels=labels.to(device))
+        engine.backward(out.loss)
+        engine.step()
+        losses.append(float(out.loss.detach()))
+        progress.update(epoch, len(labels), losses[-1])
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def _trim(input_ids, attention_mask):
+    """Drop the padding columns every row of the batch shares (rows are right-padded)."""
+    length = max(int(attention_mask.sum(dim=1).max()), 1)
+    return input_ids[:, :length], attention_mask[:, :length]
+
+
+def predict_logits(model, dataset, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and row indices for every row of ``dataset`` (a TensorDataset from ``_encode``)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    logits, index = [], []
+    with torch.no_grad():
+        for input_ids, attention_mask, _, idx in DataLoader(dataset, batch_size=batch_size):
+            input_ids, attention_mask = _trim(input_ids, attention_mask)
+            out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
+            logits.append(out.logits.float().cpu().numpy())
+            index.append(idx.numpy())
+    if not logits:
+        return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
+    return np.concatenate(logits), np.concatenate(index)
+
+
+def _val_macro_f1(engine, dataset, cfg: FinetuneConfig, rank: int, world: int, num_labels: int) -> float:
+    """Validation macro-F1, each rank scoring a shard (equal-sized, as ZeRO-3 needs lockstep)."""
+    import torch.distributed as dist
+    from torch.utils.data import Subset
+
+    shard = list(range(rank, len(dataset), world))
+    per_rank = math.ceil(len(dataset) / world)
+    shard += shard[: per_rank - len(shard)] or [0] * (per_rank - len(shard))  # pad to equal length
+    logits, index = predict_logits(engine, Subset(dataset, shard), cfg.batch_size * 2, engine.device)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (logits, index))
+    by_index = {int(i): row for part_logits, part_index in gathered for i, row in zip(part_index, part_logits)}
+    rows = sorted(by_index)
+    labels = dataset.tensors[2].numpy()[rows]
+    preds = np.stack([by_index[i] for i in rows]).argmax(axis=1)
+    return macro_f1(labels, preds, num_labels)
+
+
+def _report_checkpoint(engine, rank: int, state: dict, best: dict | None, metrics: dict) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    directory = Path(tempfile.mkdtemp(prefix=f"attune-ckpt-r{rank}-"))
+    try:
+        ds.save_checkpoint(engine, directory, rank, state, best)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(directory)))
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -> dict | None:
+    """Rank 0 reloads the best weights, calibrates, evaluates and exports; all ranks report."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    if rank != 0:
+        ray.train.report({"done": True}, checkpoint=None)
+        return None
+    model = _new_model(cfg, base_dir, labels)
+    model.load_state_dict(best)
+    val_logits, _ = predict_logits(model, splits["validation"], 64, "cpu")
+    test_logits, _ = predict_logits(model, splits["test"], 64, "cpu")
+    temperature = fit_temperature(val_logits, splits["validation"].tensors[2].numpy())
+    metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
+    metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
+                   epochs_run=state["epoch"], restarts=state["restarts"])
+    export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
+    manifest = build_manifest(
+        tenant=cfg.tenant, labels=labels, base=cfg.base, method=cfg.method, data_hash=data["data_hash"],
+        metrics=metrics, temperature=temperature, max_seq_len=cfg.max_seq_len,
+        split_counts=data["split_counts"], history=state["history"],
+        params=cfg.model_dump(mode="json", exclude={"data", "out"}),
+    )
+    export_model(model, tokenizer, export_dir, manifest)
+    logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%.3f)", metrics["test_accuracy"],
+                metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"], temperature)
+    try:
+        ray.train.report({"done": True, **_flat(metrics)}, checkpoint=Checkpoint.from_directory(str(export_dir.parent)))
+    finally:
+        shutil.rmtree(export_dir.parent, ignore_errors=True)
+    return {"metrics": metrics, "history": state["history"], "test_logits": test_logits.tolist()}
+
+
+def _flat(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+class _Progress:
+    """Rank-0 progress line at least every ``interval_s``: epoch, step, loss, samples/s, ETA."""
+
+    def __init__(self, rank: int, cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int, interval_s: float):
+        self.rank, self.cfg, self.total, self.per_epoch = rank, cfg, total_steps, steps_per_epoch
+        self.interval_s, self.step, self.steps_done, self.samples = interval_s, 0, 0, 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, epoch: int, batch_size: int, loss: float) -> None:
+        self.step += 1
+        self.steps_done += 1
+        self.samples += batch_size
+        now = time.monotonic()
+        if self.rank != 0 or (now - self.last < self.interval_s and self.step != self.total):
+            return
+        self.last = now
+        import ray.train
+
+        world = ray.train.get_context().get_world_size()
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.samples * world / elapsed
+        eta = (self.total - self.step) * elapsed / self.steps_done
+        logger.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f samples/s  ETA %s", epoch + 1, self.cfg.epochs,
+                    self.step, self.total, loss, rate, _fmt_eta(eta))
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"

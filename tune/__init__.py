@@ -1,0 +1,2 @@
+"""attune tune package (see its issue)."""
+__all__: list[str] = []
