@@ -34,7 +34,7 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
                    help="DeepSpeed ZeRO stage (env ATTUNE_ZERO_STAGE, default 2)")
     p.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
     p.add_argument("--batch-size", type=int, default=16, help="per-worker micro-batch size (default 16)")
     p.add_argument("--max-seq-len", type=int, default=64, help="tokens per text (default 64)")
     p.add_argument("--seed", type=int, default=0)

@@ -33,7 +33,7 @@ class FinetuneConfig(BaseModel):
     num_workers: int = Field(default=2, ge=1, description="--workers")
     zero_stage: int = Field(default=2, ge=0, le=3)
     epochs: int = Field(default=5, ge=1, le=100)
-    lr: float = Field(default=5e-5, gt=0, lt=1)
+    lr: float = Field(default=1e-4, gt=0, lt=1)
     batch_size: int = Field(default=16, ge=1, le=4096, description="per-worker micro-batch size")
     max_seq_len: int = Field(default=64, ge=8, le=512)
     seed: int = 0

@@ -45,6 +45,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     total_steps = cfg.epochs * len(loader)
     engine, scheduler = _engine(cfg, model, total_steps, world)
     state, best = _restore(engine, rank)
+    state["zero_stage"] = engine.zero_optimization_stage()
     torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
 
     progress = _Progress(rank, cfg, total_steps, len(loader), loop_config.get("progress_interval_s", 10.0))
@@ -217,7 +218,8 @@ def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -
     temperature = fit_temperature(val_logits, splits["validation"].tensors[2].numpy())
     metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
-                   epochs_run=state["epoch"], restarts=state["restarts"])
+                   epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
+                   num_workers=ray.train.get_context().get_world_size())
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(
         tenant=cfg.tenant, labels=labels, base=cfg.base, method=cfg.method, data_hash=data["data_hash"],
