@@ -46,6 +46,8 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (--method lora)")
     p.add_argument("--max-failures", type=int, default=None,
                    help="worker-group restarts from the last checkpoint (env ATTUNE_MAX_FAILURES, default 2)")
+    p.add_argument("--max-train-rows", type=int, default=None,
+                   help="use only the first N train-split rows (quick runs; evaluation is unchanged)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.set_defaults(handler=_run_finetune)
 
@@ -91,6 +93,7 @@ def finetune_config_from_args(args: argparse.Namespace, settings):
         seed=args.seed, out=args.out, patience=args.patience, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
+        max_train_rows=args.max_train_rows,
     )
     try:
         return FinetuneConfig(**values)

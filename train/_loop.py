@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from train import _deepspeed as ds
+from train._batching import LengthBucketSampler
 from train._config import FinetuneConfig
 from train._export import build_manifest, export_model
 from train._metrics import classification_report, fit_temperature, macro_f1
@@ -53,7 +54,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     for epoch in range(state["epoch"], cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
             break
-        train_loss = _train_epoch(engine, loader, epoch, progress)
+        train_loss = _train_epoch(engine, loader, epoch, progress, state)
         val_f1 = _val_macro_f1(engine, splits["validation"], cfg, rank, world, len(labels))
         state["epoch"] = epoch + 1
         improved = val_f1 > state["best_val_macro_f1"]
@@ -96,10 +97,10 @@ def _encode(tokenizer, rows: list, max_seq_len: int):
 
 
 def _loader(dataset, batch_size: int, rank: int, world: int, seed: int, shuffle: bool):
-    from torch.utils.data import DataLoader, DistributedSampler
+    from torch.utils.data import DataLoader
 
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
+    sampler = LengthBucketSampler(_lengths(dataset), batch_size, rank=rank, world=world, seed=seed, shuffle=shuffle)
+    return DataLoader(dataset, batch_sampler=sampler)
 
 
 def _engine(cfg: FinetuneConfig, model, total_steps: int, world: int):
@@ -109,8 +110,9 @@ def _engine(cfg: FinetuneConfig, model, total_steps: int, world: int):
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
+    # fused AdamW: one kernel per step instead of a Python loop; ~10x faster on CPU
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     config = ds.ds_config(micro_batch_size=cfg.batch_size, zero_stage=cfg.zero_stage,
                           use_bf16=ds.use_gpu_here(), world_size=world)
@@ -121,7 +123,7 @@ def _restore(engine, rank: int) -> tuple[dict, dict | None]:
     import ray.train
 
     state = {"epoch": 0, "best_val_macro_f1": -1.0, "best_epoch": 0, "bad_epochs": 0,
-             "history": [], "restarts": 0}
+             "history": [], "restarts": 0, "train_samples": 0, "train_time_s": 0.0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return state, None
@@ -133,11 +135,12 @@ def _restore(engine, rank: int) -> tuple[dict, dict | None]:
     return state, best
 
 
-def _train_epoch(engine, loader, epoch: int, progress: "_Progress") -> float:
+def _train_epoch(engine, loader, epoch: int, progress: "_Progress", state: dict) -> float:
     engine.train()
-    loader.sampler.set_epoch(epoch)
+    loader.batch_sampler.set_epoch(epoch)
     device = engine.device
     losses = []
+    started = time.monotonic()
     for input_ids, attention_mask, labels, _ in loader:
         input_ids, attention_mask = _trim(input_ids, attention_mask)
         out = engine(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
@@ -146,6 +149,8 @@ def _train_epoch(engine, loader, epoch: int, progress: "_Progress") -> float:
         engine.step()
         losses.append(float(out.loss.detach()))
         progress.update(epoch, len(labels), losses[-1])
+        state["train_samples"] += len(labels)
+    state["train_time_s"] += time.monotonic() - started
     return float(np.mean(losses)) if losses else math.nan
 
 
@@ -162,15 +167,28 @@ def predict_logits(model, dataset, batch_size: int, device) -> tuple[np.ndarray,
 
     model.eval()
     logits, index = [], []
+    sampler = LengthBucketSampler(_lengths(dataset), batch_size, shuffle=False)
     with torch.no_grad():
-        for input_ids, attention_mask, _, idx in DataLoader(dataset, batch_size=batch_size):
+        for input_ids, attention_mask, _, idx in DataLoader(dataset, batch_sampler=sampler):
             input_ids, attention_mask = _trim(input_ids, attention_mask)
             out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))
             logits.append(out.logits.float().cpu().numpy())
             index.append(idx.numpy())
     if not logits:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64)
-    return np.concatenate(logits), np.concatenate(index)
+    logits, index = np.concatenate(logits), np.concatenate(index)
+    order = np.argsort(index, kind="stable")
+    return logits[order], index[order]
+
+
+def _lengths(dataset) -> list[int]:
+    """Token count of each row of a TensorDataset from ``_encode`` (or a Subset of one)."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, Subset):
+        full = _lengths(dataset.dataset)
+        return [full[i] for i in dataset.indices]
+    return dataset.tensors[1].sum(dim=1).tolist()
 
 
 def _val_macro_f1(engine, dataset, cfg: FinetuneConfig, rank: int, world: int, num_labels: int) -> float:
@@ -219,7 +237,8 @@ def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -
     metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
-                   num_workers=ray.train.get_context().get_world_size())
+                   num_workers=ray.train.get_context().get_world_size(),
+                   train_samples_per_s=_throughput(state, ray.train.get_context().get_world_size()))
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(
         tenant=cfg.tenant, labels=labels, base=cfg.base, method=cfg.method, data_hash=data["data_hash"],
@@ -235,6 +254,11 @@ def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -
     finally:
         shutil.rmtree(export_dir.parent, ignore_errors=True)
     return {"metrics": metrics, "history": state["history"], "test_logits": test_logits.tolist()}
+
+
+def _throughput(state: dict, world: int) -> float:
+    """Training samples per second over all workers (rank 0's count x world; steps are in lockstep)."""
+    return round(state["train_samples"] * world / state["train_time_s"], 2) if state["train_time_s"] else 0.0
 
 
 def _flat(metrics: dict) -> dict:
