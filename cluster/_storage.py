@@ -24,7 +24,9 @@ def s3_client(endpoint_url: Optional[str] = None):
     import boto3
 
     endpoint = endpoint_url or os.environ.get("ATTUNE_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    # A fresh session reads credentials from the environment now, not when the process
+    # first touched boto3 (the default session caches them).
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None)
 
 
 def read_bytes(path: str, endpoint_url: Optional[str] = None) -> bytes:

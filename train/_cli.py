@@ -64,8 +64,14 @@ def _run_data_demo(args: argparse.Namespace) -> int:
     from cluster.cli import emit_json
     from train._demo import default_newsdesk_source, write_demo_data
 
+    from cluster.cli import CommandError
+
     source = args.newsdesk_source or default_newsdesk_source()
-    summary = write_demo_data(args.out, newsdesk_source=source)
+    try:
+        summary = write_demo_data(args.out, newsdesk_source=source)
+    except FileNotFoundError as exc:
+        raise CommandError(f"{exc}. Pass --newsdesk-source DIR (the folder holding sent_train.csv and "
+                           "sent_valid.csv) or unset ATTUNE_NEWSDESK_DATA to skip newsdesk.") from None
     if args.json:
         emit_json(summary)
     else:

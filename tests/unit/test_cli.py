@@ -47,8 +47,8 @@ def test_finetune_refuses_existing_nonempty_out(tmp_path, attune_home, capsys):
 
 def test_data_demo_json_is_last_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ATTUNE_NEWSDESK_DATA", str(tmp_path / "absent"))
-    with pytest.raises(FileNotFoundError):
-        main(["data", "demo", "--out", str(tmp_path / "d")])
+    assert main(["data", "demo", "--out", str(tmp_path / "d")]) == 2
+    assert "--newsdesk-source" in capsys.readouterr().err
     monkeypatch.delenv("ATTUNE_NEWSDESK_DATA")
     assert main(["data", "demo", "--out", str(tmp_path / "d"), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

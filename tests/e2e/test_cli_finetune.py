@@ -1,0 +1,66 @@
+"""The user's commands as the user runs them: `attune` as a subprocess on the embedded local Ray."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[2]
+
+
+def attune(*args: str, home: Path, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    environ = dict(os.environ, ATTUNE_HOME=str(home), **env)
+    environ.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=environ,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_demo_data_finetune_predict(tmp_path, tiny_base):
+    home = tmp_path / "home"
+    demo = last_json(attune("data", "demo", "--out", str(tmp_path / "data"), "--json", home=home))
+    assert demo["rows"]["john"] >= 600 and demo["conflict_fraction"] >= 0.4
+
+    proc = attune("finetune", "--tenant", "john", "--data", demo["files"]["john"], "--base", str(tiny_base),
+                  "--workers", "2", "--zero-stage", "2", "--epochs", "2", "--max-train-rows", "256",
+                  "--batch-size", "16", "--max-seq-len", "24", "--lr", "1e-3", "--json",
+                  home=home, ATTUNE_PROGRESS_INTERVAL_S="1")
+    summary = last_json(proc)
+    assert summary["tenant"] == "john"
+    assert set(summary["metrics"]) >= {"test_accuracy", "test_macro_f1", "ece_before", "ece_after", "temperature"}
+    assert summary["train_seconds"] > 0
+    model_dir = Path(summary["model_dir"])
+    assert model_dir.parent.parent == (home / "models").resolve()  # $ATTUNE_HOME/models/john/<time>
+    manifest = json.loads((model_dir / "attune.json").read_text())
+    assert manifest["tenant"] == "john" and manifest["base"] == str(tiny_base)
+    progress = [line for line in proc.stderr.splitlines() if "samples/s" in line and "ETA" in line]
+    assert progress and "epoch" in progress[0] and "step" in progress[0] and "loss" in progress[0]
+    assert not any(home.glob("ray_results/finetune-*")), "Ray Train run storage was not cleaned up"
+
+    texts = ["gold is up 150% in after-hours trading", "oil slumps 4%"]
+    preds = last_json(attune("predict", "--model", str(model_dir), "--text", texts[0], "--text", texts[1],
+                             "--json", home=home))["predictions"]
+    assert len(preds) == 2
+    for pred in preds:
+        assert set(pred["scores"]) == {"negative", "neutral", "positive"}
+        assert abs(sum(pred["scores"].values()) - 1) < 1e-3
+
+
+def test_bad_data_exits_nonzero_before_starting_anything(tmp_path):
+    home = tmp_path / "home"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\n" + "".join(f"t{i},a\n" for i in range(5)) + "t0,b\n,a\n")
+    proc = attune("finetune", "--tenant", "john", "--data", str(bad), "--json", home=home, timeout=120)
+    assert proc.returncode != 0
+    assert str(bad) in proc.stderr and "row 7" in proc.stderr and "row 8" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not home.exists() or not any(home.rglob("*"))

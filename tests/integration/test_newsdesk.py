@@ -1,0 +1,40 @@
+"""Real data: the newsdesk tenant (Twitter Financial News Sentiment) learns from MiniLM.
+
+The >= 80% test-accuracy figure needs the full train split (9,602 rows, about 17 minutes
+on 2 CPU cores), which does not fit the suite's time budget; it is reproduced with
+
+    attune data demo --out data && attune finetune --tenant newsdesk --data data/newsdesk.jsonl --epochs 3 --patience 1
+
+and reported in the training issue's note. This test trains on a 3,000-row subsample
+for 2 epochs and evaluates on the whole test split; it must clear the majority-class
+baseline (about 0.65 accuracy, 0.26 macro-F1) by a wide margin.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import TWEETS_DIR
+from train import FinetuneConfig
+from train._demo import newsdesk_rows
+from train._finetune import finetune
+
+SUBSAMPLE = dict(max_train_rows=3000, epochs=2, lr=2e-4, max_seq_len=48, batch_size=16)
+
+
+@pytest.mark.skipif(not (TWEETS_DIR / "sent_train.csv").is_file(), reason=f"{TWEETS_DIR} not present")
+def test_newsdesk_subsample_learns_real_data_from_minilm(ray_session, tmp_path):
+    data = tmp_path / "newsdesk.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in newsdesk_rows(TWEETS_DIR)))
+    config = FinetuneConfig(tenant="newsdesk", data=str(data), base="minilm", num_workers=2, zero_stage=2,
+                            out=tmp_path / "model", **SUBSAMPLE)
+    summary = finetune(config, settings=ray_session)
+    metrics = summary["metrics"]
+    print(f"newsdesk: {summary['split_counts']} accuracy {metrics['test_accuracy']:.4f} "
+          f"macro-F1 {metrics['test_macro_f1']:.4f} ECE {metrics['ece_before']:.4f}->{metrics['ece_after']:.4f}")
+    assert summary["split_counts"]["test"] >= 1000  # evaluated on the whole test split
+    assert metrics["test_accuracy"] >= 0.72
+    assert metrics["test_macro_f1"] >= 0.60
+    assert set(metrics["test_per_class_f1"]) == {"bearish", "bullish", "neutral"}
+    assert metrics["ece_after"] <= metrics["ece_before"] + 0.01
