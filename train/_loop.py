@@ -99,7 +99,8 @@ def _encode(tokenizer, rows: list, max_seq_len: int):
 def _loader(dataset, batch_size: int, rank: int, world: int, seed: int, shuffle: bool):
     from torch.utils.data import DataLoader
 
-    sampler = LengthBucketSampler(_lengths(dataset), batch_size, rank=rank, world=world, seed=seed, shuffle=shuffle)
+    sampler = LengthBucketSampler(_lengths(dataset), batch_size, rank=rank, world=world, seed=seed,
+                                  shuffle=shuffle, bucket_batches=1)
     return DataLoader(dataset, batch_sampler=sampler)
 
 

@@ -49,11 +49,10 @@ def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
     ``method="lora"`` wraps the encoder in PEFT LoRA adapters on the attention
     projections; only the adapters and the classification head are trainable.
     """
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
-    model = AutoModelForSequenceClassification.from_pretrained(
+    model = classifier_class(base_dir).from_pretrained(
         str(base_dir),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
@@ -62,6 +61,18 @@ def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
     if method == "lora":
         model = _wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
     return model
+
+
+def classifier_class(model_dir: Path):
+    """Mean-pooled BERT for BERT-family encoders (how all-MiniLM-L6-v2 was trained), else HF's Auto class."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    from train._pooling import MeanPoolBertForSequenceClassification
+
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    return MeanPoolBertForSequenceClassification if model_type == "bert" else AutoModelForSequenceClassification
 
 
 def lora_target_modules(model) -> list[str]:
@@ -88,8 +99,6 @@ def _wrap_lora(model, rank: int, alpha: int, dropout: float):
 
 def load_exported_classifier(model_dir: Path, manifest: dict, base_dir: Optional[Path] = None):
     """Load a model written by :func:`train._export.export_model` (full or LoRA)."""
-    from transformers import AutoModelForSequenceClassification
-
     if manifest["method"] == "lora":
         from peft import PeftModel
 
@@ -97,4 +106,4 @@ def load_exported_classifier(model_dir: Path, manifest: dict, base_dir: Optional
         labels = manifest["labels"]
         base = build_classifier(base_dir, labels, method="full")
         return PeftModel.from_pretrained(base, str(model_dir)).eval()
-    return AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    return classifier_class(model_dir).from_pretrained(str(model_dir)).eval()

@@ -46,7 +46,8 @@ def main() -> None:
     dataset = _encode(load_tokenizer(base), payload["train"], cfg.max_seq_len)
     torch.manual_seed(cfg.seed)
     model = DistributedDataParallel(build_classifier(base, payload["labels"]))
-    sampler = LengthBucketSampler(_lengths(dataset), cfg.batch_size, rank=rank, world=world, seed=cfg.seed)
+    sampler = LengthBucketSampler(_lengths(dataset), cfg.batch_size, rank=rank, world=world, seed=cfg.seed,
+                                  bucket_batches=1)  # as attune's training loader
     loader = DataLoader(dataset, batch_sampler=sampler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     total = cfg.epochs * len(loader)

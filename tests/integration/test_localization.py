@@ -1,6 +1,6 @@
 """Localization: per-tenant models learn opposite labels; one shared model cannot.
 
-Tiny settings (3 epochs, short sequences) keep this to a few minutes on 2 CPUs;
+Tiny settings (4 epochs, short sequences) keep this to a few minutes on 2 CPUs;
 the full-setting figures (>= 95% for john and jane) are in the closing note of the
 training issue and reproduce with `make demo`.
 """
@@ -14,7 +14,7 @@ from train import FinetuneConfig, Predictor
 from train._data import load_tenant_data
 from train._finetune import finetune
 
-TINY = dict(num_workers=2, zero_stage=2, epochs=3, lr=1e-4, batch_size=16, max_seq_len=32, patience=1)
+TINY = dict(num_workers=2, zero_stage=2, epochs=4, lr=1e-4, batch_size=16, max_seq_len=32, patience=2)
 
 
 def _union(john, jane):

@@ -44,3 +44,10 @@ def test_no_shuffle_keeps_every_row_once():
     lengths = _lengths(37)
     batches = list(LengthBucketSampler(lengths, 8, shuffle=False))
     assert sorted(i for b in batches for i in b) == list(range(37))
+
+
+def test_bucket_batches_one_keeps_batches_random():
+    lengths = sorted(_lengths())  # length order == index order: bucketing would make runs of indices
+    batches = list(LengthBucketSampler(lengths, 16, seed=2, bucket_batches=1))
+    spread = sum(max(b) - min(b) for b in batches) / len(batches)
+    assert spread > 300  # indices (and so lengths) span the data set, not a narrow band
