@@ -45,7 +45,11 @@ def main() -> None:
     base = resolve_base(cfg.base)
     dataset = _encode(load_tokenizer(base), payload["train"], cfg.max_seq_len)
     torch.manual_seed(cfg.seed)
-    model = DistributedDataParallel(build_classifier(base, payload["labels"]))
+    classifier = build_classifier(base, payload["labels"])
+    pooler = getattr(getattr(classifier, "bert", None), "pooler", None)
+    if pooler is not None:  # unused by the mean-pooled head; DDP insists every trained param gets a grad
+        pooler.requires_grad_(False)
+    model = DistributedDataParallel(classifier)
     sampler = LengthBucketSampler(_lengths(dataset), cfg.batch_size, rank=rank, world=world, seed=cfg.seed,
                                   bucket_batches=1)  # as attune's training loader
     loader = DataLoader(dataset, batch_sampler=sampler)
