@@ -50,7 +50,7 @@ def demo_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("demo-data")
     john, jane = demo_rows()
     for name, rows in (("john", john), ("jane", jane)):
-        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(directory / f"{name}.jsonl", rows)
     return directory
 
 

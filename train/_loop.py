@@ -49,7 +49,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     state["zero_stage"] = engine.zero_optimization_stage()
     torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
 
-    progress = _Progress(rank, cfg, total_steps, len(loader), loop_config.get("progress_interval_s", 10.0))
+    progress = _Progress(rank, world, cfg, total_steps, loop_config.get("progress_interval_s", 10.0))
     progress.step = state["epoch"] * len(loader)
     for epoch in range(state["epoch"], cfg.epochs):
         if state["bad_epochs"] >= cfg.patience:
@@ -69,7 +69,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
                         train_loss, val_f1, "  (best)" if improved else "")
         _report_checkpoint(engine, rank, state, best, {"epoch": epoch + 1, "train_loss": train_loss,
                                                        "val_macro_f1": val_f1})
-    return _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data)
+    return _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, data)
 
 
 def _setup_logging(rank: int, level: str) -> None:
@@ -222,7 +222,7 @@ def _report_checkpoint(engine, rank: int, state: dict, best: dict | None, metric
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -> dict | None:
+def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, data) -> dict | None:
     """Rank 0 reloads the best weights, calibrates, evaluates and exports; all ranks report."""
     import ray.train
     from ray.train import Checkpoint
@@ -238,8 +238,7 @@ def _finish(cfg, rank, base_dir, tokenizer, labels, splits, best, state, data) -
     metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
-                   num_workers=ray.train.get_context().get_world_size(),
-                   train_samples_per_s=_throughput(state, ray.train.get_context().get_world_size()))
+                   num_workers=world, train_samples_per_s=_throughput(state, world))
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(
         tenant=cfg.tenant, labels=labels, base=cfg.base, method=cfg.method, data_hash=data["data_hash"],
@@ -269,8 +268,8 @@ def _flat(metrics: dict) -> dict:
 class _Progress:
     """Rank-0 progress line at least every ``interval_s``: epoch, step, loss, samples/s, ETA."""
 
-    def __init__(self, rank: int, cfg: FinetuneConfig, total_steps: int, steps_per_epoch: int, interval_s: float):
-        self.rank, self.cfg, self.total, self.per_epoch = rank, cfg, total_steps, steps_per_epoch
+    def __init__(self, rank: int, world: int, cfg: FinetuneConfig, total_steps: int, interval_s: float):
+        self.rank, self.world, self.cfg, self.total = rank, world, cfg, total_steps
         self.interval_s, self.step, self.steps_done, self.samples = interval_s, 0, 0, 0
         self.start = self.last = time.monotonic()
 
@@ -282,11 +281,8 @@ class _Progress:
         if self.rank != 0 or (now - self.last < self.interval_s and self.step != self.total):
             return
         self.last = now
-        import ray.train
-
-        world = ray.train.get_context().get_world_size()
         elapsed = max(now - self.start, 1e-9)
-        rate = self.samples * world / elapsed
+        rate = self.samples * self.world / elapsed
         eta = (self.total - self.step) * elapsed / self.steps_done
         logger.info("epoch %d/%d  step %d/%d  loss %.4f  %.1f samples/s  ETA %s", epoch + 1, self.cfg.epochs,
                     self.step, self.total, loss, rate, _fmt_eta(eta))

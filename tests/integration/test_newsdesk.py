@@ -11,11 +11,9 @@ baseline (about 0.65 accuracy, 0.26 macro-F1) by a wide margin.
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.conftest import TWEETS_DIR
+from tests.conftest import TWEETS_DIR, write_jsonl
 from train import FinetuneConfig
 from train._demo import newsdesk_rows
 from train._finetune import finetune
@@ -26,7 +24,7 @@ SUBSAMPLE = dict(max_train_rows=2500, epochs=2, lr=2e-4, max_seq_len=48, batch_s
 @pytest.mark.skipif(not (TWEETS_DIR / "sent_train.csv").is_file(), reason=f"{TWEETS_DIR} not present")
 def test_newsdesk_subsample_learns_real_data_from_minilm(ray_session, tmp_path):
     data = tmp_path / "newsdesk.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in newsdesk_rows(TWEETS_DIR)))
+    write_jsonl(data, newsdesk_rows(TWEETS_DIR))
     config = FinetuneConfig(tenant="newsdesk", data=str(data), base="minilm", num_workers=2, zero_stage=2,
                             out=tmp_path / "model", **SUBSAMPLE)
     summary = finetune(config, settings=ray_session)

@@ -132,19 +132,12 @@ def test_csv_object(s3_server, s3_env, bucket):  # noqa: F811
     assert examples[4].label == "bullish" and examples[4].id == "bullish-1"
 
 
-def test_missing_key_names_the_uri(s3_server, s3_env, bucket):  # noqa: F811
-    uri = f"s3://{bucket}/tenant/nobody.jsonl"
-
-    with pytest.raises(DataValidationError) as caught:
-        load_tenant_data(uri)
-
-    assert caught.value.source == uri
-    assert caught.value.problems == [f"S3 object not found: {uri}; check the path"]
-    assert uri in str(caught.value)
-
-
-def test_missing_bucket_names_the_uri(s3_server, s3_env):  # noqa: F811
-    uri = f"s3://{unique_bucket('no-such-bucket')}/tenant/john.jsonl"
+@pytest.mark.parametrize("missing", ["key", "bucket"])
+def test_missing_object_names_the_uri(s3_server, s3_env, bucket, missing):  # noqa: F811
+    if missing == "key":
+        uri = f"s3://{bucket}/tenant/nobody.jsonl"
+    else:
+        uri = f"s3://{unique_bucket('no-such-bucket')}/tenant/john.jsonl"
 
     with pytest.raises(DataValidationError) as caught:
         load_tenant_data(uri)
