@@ -24,6 +24,11 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_MAX_FAILURES": "max_failures",
     "ATTUNE_PROGRESS_INTERVAL_S": "progress_interval_s",
     "ATTUNE_NEWSDESK_DATA": "newsdesk_data",
+    "ATTUNE_MLFLOW_TRACKING_URI": "mlflow_tracking_uri",
+    "ATTUNE_MLFLOW_ARTIFACT_ROOT": "mlflow_artifact_root",
+    "ATTUNE_MLFLOW_BACKEND_STORE_URI": "mlflow_backend_store_uri",
+    "ATTUNE_PROMOTION_MARGIN": "promotion_margin",
+    "ATTUNE_PROMOTION_FLOOR": "promotion_floor",
 }
 
 
@@ -47,6 +52,18 @@ class Settings(BaseModel):
     max_failures: int = Field(default=2, ge=0)
     progress_interval_s: float = Field(default=10.0, gt=0, le=10.0)
     newsdesk_data: Optional[Path] = Field(default=None, description="Twitter Financial News CSV folder.")
+    mlflow_tracking_uri: Optional[str] = Field(
+        default=None, description="MLflow tracking/registry URI: http(s)://server, postgresql://..., sqlite:///... "
+                                  "(default sqlite:///$ATTUNE_HOME/mlflow.db)")
+    mlflow_artifact_root: Optional[str] = Field(
+        default=None, description="artifact root for new experiments with a direct database URI: "
+                                  "a folder or s3://bucket/prefix (default $ATTUNE_HOME/artifacts)")
+    mlflow_backend_store_uri: Optional[str] = Field(
+        default=None, description="the database behind an `mlflow server`, so delete-tenant can purge runs")
+    promotion_margin: float = Field(default=0.0, ge=0, le=1,
+                                    description="a challenger may trail the champion's macro-F1 by this much")
+    promotion_floor: float = Field(default=0.5, ge=0, le=1,
+                                   description="test macro-F1 a tenant's first version needs to be promoted")
 
     @field_validator("log_level")
     @classmethod
@@ -59,6 +76,14 @@ class Settings(BaseModel):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or str((self.home / "artifacts").resolve())
 
     @property
     def ray_storage_dir(self) -> Path:

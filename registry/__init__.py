@@ -1,2 +1,26 @@
-"""attune registry package (see its issue)."""
-__all__: list[str] = []
+"""The model registry on MLflow: tenant versions, aliases, lineage, promotion, calibration, the UI.
+
+Only this package imports ``mlflow`` (lazily). Everyone else goes through :class:`Registry`.
+"""
+from registry._errors import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
+                              TenantNotFoundError, VersionNotFoundError)
+from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id
+from registry._records import Lineage, RunRecord, VersionInfo
+from registry._registry import Registry
+
+__all__ = [
+    "Registry",
+    "RunRecord",
+    "Lineage",
+    "VersionInfo",
+    "RegistryError",
+    "InvalidTenantError",
+    "TenantNotFoundError",
+    "NoChampionError",
+    "VersionNotFoundError",
+    "ArtifactIntegrityError",
+    "CHAMPION",
+    "CHALLENGER",
+    "TENANT_ID_PATTERN",
+    "check_tenant_id",
+]

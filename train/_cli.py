@@ -48,13 +48,24 @@ def _register_finetune(subparsers) -> None:
                    help="worker-group restarts from the last checkpoint (env ATTUNE_MAX_FAILURES, default 2)")
     p.add_argument("--max-train-rows", type=int, default=None,
                    help="use only the first N train-split rows (quick runs; evaluation is unchanged)")
+    p.add_argument("--no-promote", action="store_true",
+                   help="register the new version as challenger without running the promotion gate")
+    p.add_argument("--promotion-margin", type=float, default=None,
+                   help="the candidate may trail the champion's test macro-F1 by this much "
+                        "(env ATTUNE_PROMOTION_MARGIN, default 0.0)")
+    p.add_argument("--promotion-floor", type=float, default=None,
+                   help="test macro-F1 a tenant's first version needs to become champion "
+                        "(env ATTUNE_PROMOTION_FLOOR, default 0.5)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.set_defaults(handler=_run_finetune)
 
 
 def _register_predict(subparsers) -> None:
-    p = subparsers.add_parser("predict", help="label texts with an exported model directory")
-    p.add_argument("--model", required=True, type=Path, help="a model_dir printed by attune finetune")
+    p = subparsers.add_parser("predict", help="label texts with a tenant's registered model or a model directory")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path, help="a model_dir printed by attune finetune")
+    source.add_argument("--tenant", help="use this tenant's registered model (its champion unless --version)")
+    p.add_argument("--version", default="champion", help="with --tenant: a version number or alias")
     p.add_argument("--text", required=True, action="append", help="text to label; repeat for more")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_run_predict)
@@ -99,7 +110,8 @@ def finetune_config_from_args(args: argparse.Namespace, settings):
         seed=args.seed, out=args.out, patience=args.patience, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
-        max_train_rows=args.max_train_rows,
+        max_train_rows=args.max_train_rows, promote=not args.no_promote,
+        promotion_margin=args.promotion_margin, promotion_floor=args.promotion_floor,
     )
     try:
         return FinetuneConfig(**values)
@@ -137,6 +149,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
               f"{m['test_macro_f1']:.4f}, ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} "
               f"(T={m['temperature']:.3f}) in {summary['train_seconds']:.0f}s")
         print(f"model: {summary['model_dir']}")
+        if "model_version" in summary:
+            promo = summary["promotion"]
+            print(f"registered {summary['tenant']} version {summary['model_version']} as {summary['alias']}: "
+                  f"{promo['reason']}")
     return 0
 
 
@@ -144,12 +160,30 @@ def _run_predict(args: argparse.Namespace) -> int:
     from cluster.cli import emit_json
     from train._export import Predictor
 
-    predictor = Predictor(args.model)
-    predictions = predictor.predict(args.text)
+    if args.model is not None:
+        predictor, version = Predictor(args.model), None
+        predictions = predictor.predict(args.text)
+    else:
+        predictions, version = _predict_registered(args)
     if args.json:
-        emit_json({"predictions": predictions})
+        emit_json({"predictions": predictions, **({"tenant": args.tenant, "model_version": version}
+                                                  if version else {})})
     else:
         for text, pred in zip(args.text, predictions):
             scores = "  ".join(f"{k}={v:.3f}" for k, v in pred["scores"].items())
             print(f"{pred['label']:<10} {scores}  | {text}")
     return 0
+
+
+def _predict_registered(args: argparse.Namespace) -> tuple[list[dict], str]:
+    """Download the tenant's version (checksum-verified) and predict with its stored calibration."""
+    import tempfile
+
+    from cluster import get_settings
+    from registry import Registry
+    from train._export import Predictor
+
+    registry = Registry.from_settings(get_settings(home=args.home, log_level=args.log_level))
+    with tempfile.TemporaryDirectory(prefix="attune-predict-") as tmp:
+        model_dir, info = registry.download(args.tenant, args.version, Path(tmp) / "model")
+        return Predictor(model_dir, temperature=info.temperature).predict(args.text), info.version

@@ -1,24 +1,12 @@
 """Fine-tuning configuration: one pydantic model that crosses the driver/worker boundary."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-_TENANT_RE = re.compile(TENANT_ID_PATTERN)
-
-
-def check_tenant_id(tenant: str) -> str:
-    """Return ``tenant`` if it is a valid tenant id, else raise ValueError naming the rule."""
-    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
-        raise ValueError(
-            f"invalid tenant id {tenant!r}: it must match {TENANT_ID_PATTERN} "
-            "(lower-case letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters)"
-        )
-    return tenant
+from registry import TENANT_ID_PATTERN, check_tenant_id  # noqa: F401  (re-exported)
 
 
 class FinetuneConfig(BaseModel):
@@ -48,6 +36,10 @@ class FinetuneConfig(BaseModel):
     use_gpu: Optional[bool] = Field(default=None, description="None: use GPUs when the cluster has them")
     max_train_rows: Optional[int] = Field(default=None, ge=1, description="subsample the train split")
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    register_model: bool = Field(default=True, description="register the result in the model registry")
+    promote: bool = Field(default=True, description="run the promotion gate (--no-promote: register only)")
+    promotion_margin: Optional[float] = Field(default=None, ge=0, le=1, description="None: settings")
+    promotion_floor: Optional[float] = Field(default=None, ge=0, le=1, description="None: settings")
 
     @field_validator("tenant")
     @classmethod

@@ -69,13 +69,14 @@ def read_manifest(model_dir: Path) -> dict:
 class Predictor:
     """Loads an exported model directory and returns calibrated label scores."""
 
-    def __init__(self, model_dir: Path, base_dir: Optional[Path] = None):
+    def __init__(self, model_dir: Path, base_dir: Optional[Path] = None, temperature: Optional[float] = None):
+        """``temperature`` overrides the manifest's (the registry stores one per version)."""
         from train._model import load_exported_classifier, load_tokenizer
 
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
         self.labels: list[str] = self.manifest["labels"]
-        self.temperature = float(self.manifest["temperature"])
+        self.temperature = float(self.manifest["temperature"] if temperature is None else temperature)
         self.max_seq_len = int(self.manifest.get("max_seq_len", 128))
         self.tokenizer = load_tokenizer(self.model_dir)
         self.model = load_exported_classifier(self.model_dir, self.manifest, base_dir)

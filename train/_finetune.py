@@ -40,7 +40,7 @@ def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
     train_seconds = time.monotonic() - started
     _collect_export(result, out_dir)
     summary = result.return_value or {}
-    return {
+    output = {
         "tenant": config.tenant,
         "model_dir": str(out_dir.resolve()),
         "metrics": summary.get("metrics", {}),
@@ -49,6 +49,23 @@ def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
         "data_hash": dataset.data_hash,
         "train_seconds": round(train_seconds, 2),
     }
+    if config.register_model:
+        output.update(_register(config, settings, dataset, out_dir, output))
+    return output
+
+
+def _register(config: FinetuneConfig, settings: Settings, dataset: TenantData, out_dir: Path, output: dict) -> dict:
+    """Log the run to MLflow, register the export as the tenant's next version, and gate it."""
+    from registry import Registry
+    from train._promote import register_and_gate, run_record
+
+    record = run_record("finetune", f"finetune-{config.tenant}", config.model_dump(mode="json"),
+                        output["metrics"], output["history"], tenant=config.tenant, base=config.base,
+                        method=config.method, data_uri=config.data, dataset=dataset)
+    margin = settings.promotion_margin if config.promotion_margin is None else config.promotion_margin
+    floor = settings.promotion_floor if config.promotion_floor is None else config.promotion_floor
+    return register_and_gate(Registry.from_settings(settings), config.tenant, out_dir, record, dataset,
+                             promote=config.promote, margin=margin, floor=floor)
 
 
 def worker_payload(config: FinetuneConfig, dataset: TenantData) -> dict:

@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 
+from registry import Registry
 from train import FinetuneConfig, Predictor
 from train._data import load_tenant_data
 from train._finetune import finetune
@@ -38,11 +39,11 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
     conflict_jane = [e for e in jane.test if e.text in {c.text for c in conflict_john}]
     assert len(conflict_john) >= 20  # the test split really holds disagreeing rows
 
-    models = {}
+    models, summaries = {}, {}
     for name, data in (("john", john), ("jane", jane), ("union", _union(john, jane))):
         config = FinetuneConfig(tenant=name, data=data.source, out=tmp_path / name, **TINY)
-        summary = finetune(config, settings=ray_session, dataset=data)
-        models[name] = Predictor(summary["model_dir"])
+        summaries[name] = finetune(config, settings=ray_session, dataset=data)
+        models[name] = Predictor(summaries[name]["model_dir"])
 
     john_acc = _accuracy(models["john"], conflict_john)
     jane_acc = _accuracy(models["jane"], conflict_jane)
@@ -59,3 +60,28 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
     # and the shared model did learn the rows the tenants agree on
     agree = [e for e in john.test if jane_label[e.text] == e.label]
     assert _accuracy(models["union"], agree) >= 0.85
+
+    for name in ("john", "jane"):  # calibration: temperature scaling does not hurt on the test split
+        m = summaries[name]["metrics"]
+        print(f"{name}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f})")
+        assert m["ece_after"] <= m["ece_before"]
+    _second_worse_john_is_not_promoted(ray_session, john, summaries["john"], tmp_path)
+
+
+def _second_worse_john_is_not_promoted(settings, john, first: dict, tmp_path) -> None:
+    """The registry end to end: v1 was promoted; a 1-step v2 stays challenger; promote and roll back."""
+    registry = Registry.from_settings(settings)
+    assert (first["model_version"], first["alias"]) == ("1", "champion")
+    config = FinetuneConfig(tenant="john", data=john.source, out=tmp_path / "john-1-step",
+                            **{**TINY, "epochs": 1, "max_train_rows": 16})
+    second = finetune(config, settings=settings, dataset=john)
+    decision = second["promotion"]
+    print(f"john v2 (1 step): {decision['reason']}")
+    assert (second["model_version"], second["alias"], decision["promoted"]) == ("2", "challenger", False)
+    assert decision["champion_version"] == "1" and decision["candidate_macro_f1"] < decision["champion_macro_f1"]
+    assert registry.get_version("john", "2").tags["attune.promotion.reason"] == decision["reason"]
+    assert registry.champion("john").version == "1"
+    registry.promote("john", "2", reason="operator override")
+    assert registry.champion("john").version == "2"
+    assert registry.rollback("john") == {"tenant": "john", "champion": "1", "previous": "2"}
+    assert registry.show("john")["aliases"] == {"champion": "1", "challenger": "2"}

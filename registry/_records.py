@@ -1,0 +1,115 @@
+"""What crosses into the registry (a finished run's record) and what comes out (a version's info)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry._names import TAG_CHECKSUM, TAG_PROMOTED, TAG_PROMOTED_AT, TAG_REASON, TAG_TEMPERATURE, tenant_of
+
+METRIC_PREFIX = "attune.metric."
+
+
+class Lineage(BaseModel):
+    """Where a model came from. Logged as run tags and copied onto the registered version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["finetune", "tune", "pretrain"]
+    tenant: Optional[str] = None
+    base: str = Field(description="a models:/ URI with a version, a named preset, or a directory")
+    method: Optional[str] = None
+    data_uri: str
+    data_hash: str
+    split_counts: dict[str, int] = {}
+    labels: list[str] = []
+    temperature: float = 1.0
+    code_version: str
+    attune_version: str
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "attune.kind": self.kind, "attune.base": self.base, "attune.data_uri": self.data_uri,
+            "attune.data_hash": self.data_hash, "attune.code_version": self.code_version,
+            "attune.version": self.attune_version, TAG_TEMPERATURE: repr(float(self.temperature)),
+        }
+        if self.tenant:
+            tags["attune.tenant"] = self.tenant
+        if self.method:
+            tags["attune.method"] = self.method
+        if self.labels:
+            tags["attune.labels"] = json.dumps(self.labels)
+        for split, count in self.split_counts.items():
+            tags[f"attune.rows.{split}"] = str(count)
+        return tags
+
+
+class RunRecord(BaseModel):
+    """A finished training run: parameters, final metrics, per-epoch history and lineage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_name: str
+    params: dict[str, Any] = {}
+    metrics: dict[str, float] = {}
+    history: list[dict[str, float]] = []
+    lineage: Lineage
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return self.lineage.tags()
+
+    @property
+    def version_tags(self) -> dict[str, str]:
+        tags = self.lineage.tags()
+        tags.update({METRIC_PREFIX + k: repr(float(v)) for k, v in self.metrics.items()})
+        return tags
+
+
+@dataclass
+class VersionInfo:
+    """One registered version, with its aliases and ``attune.*`` tags."""
+
+    tenant: str
+    version: str
+    source: str
+    run_id: Optional[str]
+    created_at_ms: int
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return {k[len(METRIC_PREFIX):]: float(v) for k, v in self.tags.items() if k.startswith(METRIC_PREFIX)}
+
+    @property
+    def temperature(self) -> float:
+        return float(self.tags.get(TAG_TEMPERATURE, "1.0"))
+
+    @property
+    def labels(self) -> list[str]:
+        return json.loads(self.tags.get("attune.labels", "[]"))
+
+    @property
+    def checksum(self) -> Optional[str]:
+        return self.tags.get(TAG_CHECKSUM)
+
+    def as_dict(self) -> dict:
+        lineage = {k[len("attune."):]: v for k, v in self.tags.items()
+                   if k.startswith("attune.") and not k.startswith(METRIC_PREFIX)
+                   and k not in (TAG_PROMOTED, TAG_REASON, TAG_PROMOTED_AT)}
+        promotion = None
+        if TAG_PROMOTED in self.tags:
+            promotion = {"promoted": self.tags[TAG_PROMOTED] == "true", "reason": self.tags.get(TAG_REASON, "")}
+        return {"version": self.version, "aliases": sorted(self.aliases), "metrics": self.metrics,
+                "temperature": self.temperature, "labels": self.labels, "run_id": self.run_id,
+                "source": self.source, "created_at_ms": self.created_at_ms,
+                "promoted_at": self.tags.get(TAG_PROMOTED_AT), "promotion": promotion, "lineage": lineage}
+
+
+def version_info(mv) -> VersionInfo:
+    return VersionInfo(tenant=tenant_of(mv.name), version=str(mv.version), source=mv.source, run_id=mv.run_id,
+                       created_at_ms=int(mv.creation_timestamp or 0), aliases=list(mv.aliases or []),
+                       tags=dict(mv.tags or {}))

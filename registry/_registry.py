@@ -1,0 +1,306 @@
+"""The registry API: register, resolve, promote, roll back, list, download and delete tenants.
+
+    reg = Registry.from_settings(get_settings())
+    version = reg.register_candidate("john", model_dir, run=RunRecord(...))
+    reg.promote("john", version.version, reason="manual")
+    path, info = reg.download("john", "champion", dest)
+
+Versions carry their lineage and metrics as tags (``attune.*``) so the MLflow UI shows them.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from registry import _store as store
+from registry._errors import (ArtifactIntegrityError, NoChampionError, RegistryError, TenantNotFoundError,
+                              VersionNotFoundError)
+from registry._names import (CHALLENGER, CHAMPION, TAG_CHAMPION_HISTORY, TAG_CHECKSUM, TAG_PROMOTED,
+                             TAG_PROMOTED_AT, TAG_REASON, tenant_model_name, tenant_of)
+from registry._records import RunRecord, VersionInfo, version_info
+
+logger = logging.getLogger("attune.registry")
+
+
+class Registry:
+    """One tracking/registry store (SQLite, PostgreSQL or an ``mlflow server``)."""
+
+    def __init__(self, tracking_uri: str, artifact_root: Optional[str] = None,
+                 backend_store_uri: Optional[str] = None):
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.backend_store_uri = backend_store_uri or (tracking_uri if store.is_database_uri(tracking_uri) else None)
+        if tracking_uri.startswith("sqlite:///"):
+            Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = store.make_client(tracking_uri)
+        self._lock = store.writer_lock(tracking_uri)
+
+    def _write(self, fn, what: str):
+        """One store call, retried on write conflicts; SQLite writers in this process take turns."""
+        return store.retry(lambda: store.locked(self._lock, fn), what)
+
+    @classmethod
+    def from_settings(cls, settings) -> "Registry":
+        return cls(settings.tracking_uri, settings.artifact_root, settings.mlflow_backend_store_uri)
+
+    # -- experiments and runs ------------------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        """The experiment called ``name``, created on first use (races resolved by retry)."""
+        def get_or_create() -> str:
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                if exp.lifecycle_stage == "deleted":
+                    self.client.restore_experiment(exp.experiment_id)
+                return exp.experiment_id
+            location = None
+            if self.artifact_root and store.is_database_uri(self.tracking_uri):
+                location = f"{self.artifact_root.rstrip('/')}/{name}"
+            return self.client.create_experiment(name, artifact_location=location)
+
+        return self._write(get_or_create, f"experiment {name}")
+
+    def log_run(self, experiment: str, record: RunRecord, artifacts: Optional[Path] = None,
+                parent_run_id: Optional[str] = None) -> str:
+        """One finished MLflow run: params, per-epoch and final metrics, tags, and ``artifacts/model``."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        tags = dict(record.tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        experiment_id = self.experiment_id(experiment)
+        run = self._write(lambda: self.client.create_run(experiment_id, tags=tags, run_name=record.run_name),
+                          "create run")
+        run_id = run.info.run_id
+        try:
+            now = int(time.time() * 1000)
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(record.params.items())]
+            metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
+            for row in record.history:  # per-epoch curves: step = epoch
+                metrics += [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
+                            if k != "epoch" and isinstance(v, (int, float))]
+            for i in range(0, len(params), 100):  # MLflow's log_batch limits
+                self._write(lambda: self.client.log_batch(run_id, params=params[i:i + 100]), "log params")
+            for i in range(0, len(metrics), 1000):
+                self._write(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]), "log metrics")
+            if artifacts is not None:
+                self.client.log_artifacts(run_id, str(artifacts), "model")
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception as exc:
+            self._abandon_run(run_id)
+            raise store.wrap(exc, f"logging run for {experiment}", self.tracking_uri) from exc
+        return run_id
+
+    def _abandon_run(self, run_id: str) -> None:
+        try:
+            run = self.client.get_run(run_id)
+            store.delete_artifacts(run.info.artifact_uri, self.tracking_uri)
+            self.client.set_terminated(run_id, "FAILED")
+            self.client.delete_run(run_id)
+        except Exception as exc:  # best effort: the original error matters more
+            logger.warning("could not clean up failed run %s: %s", run_id, exc)
+
+    # -- registration ----------------------------------------------------------------------------
+
+    def register_candidate(self, tenant: str, model_dir: Path, record: RunRecord,
+                           parent_run_id: Optional[str] = None) -> VersionInfo:
+        """Log the run with ``model_dir`` as its artifact, register a version, alias it ``challenger``.
+
+        The version is created only after every artifact is stored, so a registration that
+        fails midway never leaves a version pointing at missing files.
+        """
+        name = tenant_model_name(tenant)
+        checksum = store.dir_checksum(model_dir)
+        run_id = self.log_run(name, record, artifacts=Path(model_dir), parent_run_id=parent_run_id)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+        tags = {**record.version_tags, TAG_CHECKSUM: checksum}
+        try:
+            self._ensure_model(name)
+            mv = self._write(lambda: self.client.create_model_version(name, source, run_id=run_id, tags=tags),
+                             f"register {name}")
+            self._write(lambda: self.client.set_registered_model_alias(name, CHALLENGER, mv.version), "alias")
+        except Exception as exc:
+            self._abandon_run(run_id)
+            raise store.wrap(exc, f"registering a version of {name}", self.tracking_uri) from exc
+        logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
+        return self.get_version(tenant, str(mv.version))
+
+    def _ensure_model(self, name: str) -> None:
+        def create() -> None:
+            try:
+                self.client.get_registered_model(name)
+            except Exception as exc:
+                if not store.not_found(exc):
+                    raise
+                self.client.create_registered_model(
+                    name, tags={"attune.kind": "tenant" if name.startswith("tenant.") else "base"},
+                    description=f"attune model for {name}")
+
+        self._write(create, f"create {name}")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _model(self, tenant: str):
+        name = tenant_model_name(tenant)
+        try:
+            return self.client.get_registered_model(name)
+        except Exception as exc:
+            if store.not_found(exc):
+                raise TenantNotFoundError(
+                    f"tenant {tenant!r} has no registered model; run `attune finetune --tenant {tenant} "
+                    "--data PATH` first") from None
+            raise store.wrap(exc, f"reading {name}", self.tracking_uri) from exc
+
+    def get_version(self, tenant: str, ref: str) -> VersionInfo:
+        """``ref`` is a version number or an alias (``champion``, ``challenger``)."""
+        name = tenant_model_name(tenant)
+        self._model(tenant)
+        try:
+            if str(ref).isdigit():
+                mv = self.client.get_model_version(name, str(ref))
+            else:
+                mv = self.client.get_model_version_by_alias(name, ref)
+        except Exception as exc:
+            if not store.not_found(exc):
+                raise store.wrap(exc, f"reading {name} {ref}", self.tracking_uri) from exc
+            if ref == CHAMPION:
+                raise NoChampionError(
+                    f"tenant {tenant!r} has no champion model; run `attune finetune --tenant {tenant} ...` "
+                    f"or `attune registry promote {tenant} <version>`") from None
+            raise VersionNotFoundError(f"tenant {tenant!r} has no version or alias {ref!r}; "
+                                       f"see `attune registry show {tenant}`") from None
+        return version_info(mv)
+
+    def champion(self, tenant: str) -> VersionInfo:
+        return self.get_version(tenant, CHAMPION)
+
+    def champion_or_none(self, tenant: str) -> Optional[VersionInfo]:
+        try:
+            return self.champion(tenant)
+        except (TenantNotFoundError, NoChampionError):
+            return None
+
+    def versions(self, tenant: str) -> list[VersionInfo]:
+        name = tenant_model_name(tenant)
+        aliases = dict(self._model(tenant).aliases or {})
+        found = self._write(lambda: self.client.search_model_versions(f"name='{name}'", max_results=10000), "search")
+        infos = sorted((version_info(mv) for mv in found), key=lambda v: int(v.version))
+        for info in infos:  # search results do not carry aliases; the registered model does
+            info.aliases = sorted(a for a, v in aliases.items() if str(v) == info.version)
+        return infos
+
+    def list_tenants(self) -> list[dict]:
+        """One row per tenant: champion version and its test metrics (None without a champion)."""
+        rows, token = [], None
+        while True:
+            page = self.client.search_registered_models(filter_string="name LIKE 'tenant.%'",
+                                                        max_results=1000, page_token=token)
+            for model in page:
+                tenant = tenant_of(model.name)
+                champion = self.champion_or_none(tenant) if CHAMPION in (model.aliases or {}) else None
+                rows.append({"tenant": tenant, "champion_version": champion.version if champion else None,
+                             "metrics": champion.metrics if champion else {},
+                             "promoted_at": champion.tags.get(TAG_PROMOTED_AT) if champion else None})
+            token = page.token
+            if not token:
+                return sorted(rows, key=lambda r: r["tenant"])
+
+    def show(self, tenant: str) -> dict:
+        model = self._model(tenant)
+        return {"tenant": tenant, "name": model.name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()},
+                "champion_history": json.loads(model.tags.get(TAG_CHAMPION_HISTORY, "[]")),
+                "versions": [v.as_dict() for v in self.versions(tenant)]}
+
+    def download(self, tenant: str, ref: str, dest: Path) -> tuple[Path, VersionInfo]:
+        """Download a version's model directory and verify it against the registration checksum."""
+        info = self.get_version(tenant, ref)
+        dest = Path(dest)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent if dest.parent.exists() else None))
+        try:
+            local = store.download(info.source, staging, self.tracking_uri)
+            expected = info.tags.get(TAG_CHECKSUM)
+            actual = store.dir_checksum(local)
+            if expected != actual:
+                raise ArtifactIntegrityError(
+                    f"tenant {tenant!r} version {info.version}: artifacts at {info.source} do not match the "
+                    f"checksum recorded at registration (expected {expected}, got {actual}); the stored model "
+                    "was changed or damaged. Re-register it, or promote another version.")
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(str(local), dest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest, info
+
+    # -- aliases -----------------------------------------------------------------------------------
+
+    def record_decision(self, tenant: str, version: str, promoted: bool, reason: str) -> None:
+        name = tenant_model_name(tenant)
+        for key, value in ((TAG_PROMOTED, str(promoted).lower()), (TAG_REASON, reason[:5000])):
+            self._write(lambda: self.client.set_model_version_tag(name, version, key, value), "tag")
+
+    def promote(self, tenant: str, version: str, reason: str = "promoted by hand") -> dict:
+        """Point ``champion`` at ``version`` and remember the previous champion for rollback."""
+        name = tenant_model_name(tenant)
+        info = self.get_version(tenant, str(version))
+        previous = self.champion_or_none(tenant)
+        history = self._history(tenant)
+        if previous is not None and previous.version == info.version:
+            return {"tenant": tenant, "champion": info.version, "previous": info.version, "changed": False}
+        if not history or history[-1] != info.version:
+            history.append(info.version)
+        self._write(lambda: self.client.set_registered_model_alias(name, CHAMPION, info.version), "alias")
+        self._set_history(tenant, history)
+        self.record_decision(tenant, info.version, True, reason)
+        self._write(lambda: self.client.set_model_version_tag(name, info.version, TAG_PROMOTED_AT, _now()), "tag")
+        logger.info("%s: champion is now version %s (was %s)", name, info.version,
+                    previous.version if previous else None)
+        return {"tenant": tenant, "champion": info.version, "previous": previous.version if previous else None,
+                "changed": True}
+
+    def rollback(self, tenant: str) -> dict:
+        """Move ``champion`` back to the previous champion; the rollback is recorded."""
+        name = tenant_model_name(tenant)
+        current = self.champion(tenant)
+        history = [v for v in self._history(tenant)]
+        while history and history[-1] == current.version:
+            history.pop()
+        if not history:
+            raise RegistryError(f"tenant {tenant!r} has no previous champion to roll back to "
+                                f"(champion is version {current.version}); use `attune registry promote`")
+        target = history[-1]
+        self._write(lambda: self.client.set_registered_model_alias(name, CHAMPION, target), "alias")
+        self._set_history(tenant, history)
+        note = f"rolled back to version {target} at {_now()}"
+        self._write(lambda: self.client.set_model_version_tag(name, current.version, "attune.rolled_back",
+                                                                  note), "tag")
+        self._write(lambda: self.client.set_registered_model_tag(
+            name, "attune.last_rollback", json.dumps({"from": current.version, "to": target, "at": _now()})),
+            "tag")
+        return {"tenant": tenant, "champion": target, "previous": current.version}
+
+    def _history(self, tenant: str) -> list[str]:
+        return json.loads(self._model(tenant).tags.get(TAG_CHAMPION_HISTORY, "[]"))
+
+    def _set_history(self, tenant: str, history: list[str]) -> None:
+        name = tenant_model_name(tenant)
+        self._write(lambda: self.client.set_registered_model_tag(name, TAG_CHAMPION_HISTORY,
+                                                                 json.dumps(history[-200:])), "tag")
+
+    # -- erasure -----------------------------------------------------------------------------------
+
+    def delete_tenant(self, tenant: str) -> dict:
+        """Erase every version, run and artifact of ``tenant`` (the right to erasure)."""
+        from registry._erase import erase_tenant
+
+        return erase_tenant(self, tenant)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,172 @@
+"""Connecting to MLflow: the client, retries on write conflicts, artifact checksums and deletion.
+
+The only module family that imports ``mlflow`` (lazily, so ``import registry`` stays cheap).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, TypeVar
+
+from registry._errors import RegistryError
+
+logger = logging.getLogger("attune.registry")
+T = TypeVar("T")
+
+# Words in MLflow / SQLAlchemy errors that mean "another writer got there first; try again".
+_RETRYABLE = ("database is locked", "unique constraint", "duplicate key", "integrityerror",
+              "could not serialize", "deadlock", "already exists", "resource_already_exists",
+              "connection reset", "temporarily unavailable", "queuepool limit", "503", "502", "504")
+
+
+def make_client(tracking_uri: str):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+_LOCKS: dict[str, threading.RLock] = {}
+
+
+def writer_lock(tracking_uri: str) -> Optional[threading.RLock]:
+    """SQLite has one writer at a time: threads of this process queue here instead of timing out."""
+    if not tracking_uri.startswith("sqlite:"):
+        return None
+    return _LOCKS.setdefault(tracking_uri, threading.RLock())
+
+
+def locked(lock: Optional[threading.RLock], fn: Callable[[], T]) -> T:
+    if lock is None:
+        return fn()
+    with lock:
+        return fn()
+
+
+def is_database_uri(uri: str) -> bool:
+    return uri.split(":", 1)[0].split("+", 1)[0] in {"sqlite", "postgresql", "mysql", "mssql"}
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 10, base_delay_s: float = 0.05) -> T:
+    """Run ``fn``; on a write conflict (locked SQLite, duplicate key, 5xx) back off and retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # mlflow raises MlflowException / RestException / SQLAlchemy errors
+            text = f"{type(exc).__name__} {exc}".lower()
+            if attempt == attempts or not any(word in text for word in _RETRYABLE):
+                raise
+            delay = base_delay_s * (2 ** min(attempt, 6)) * (0.5 + random.random())
+            logger.debug("%s: conflict (%s); retry %d in %.2fs", what, exc, attempt, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def dir_checksum(directory: Path) -> str:
+    """SHA-256 over every file's relative path and content, in sorted order."""
+    directory = Path(directory)
+    digest = hashlib.sha256()
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    if not files:
+        raise RegistryError(f"{directory} holds no files; pass an exported model directory")
+    for path in files:
+        file_digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                file_digest.update(chunk)
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{file_digest.hexdigest()}\n".encode())
+    return digest.hexdigest()
+
+
+def download(artifact_uri: str, dest: Path, tracking_uri: str) -> Path:
+    import mlflow.artifacts
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dest),
+                                                    tracking_uri=tracking_uri))
+
+
+def delete_artifacts(artifact_uri: str, tracking_uri: str) -> None:
+    """Remove everything under ``artifact_uri`` (a folder, s3:// prefix or mlflow-artifacts:/ path)."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)  # mlflow-artifacts:/ URIs resolve against the tracking server
+    try:
+        local = _local_path(artifact_uri)
+        if local is not None:
+            shutil.rmtree(local, ignore_errors=True)
+            if local.name == "artifacts" and local.parent.is_dir() and not any(local.parent.iterdir()):
+                local.parent.rmdir()  # the run's folder
+            return
+        repo = get_artifact_repository(artifact_uri)
+        try:
+            repo.delete_artifacts()
+        except Exception as exc:  # nothing stored there is fine; anything else is not
+            if "does not exist" not in str(exc).lower() and "nosuchkey" not in str(exc).lower():
+                raise
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _local_path(uri: str) -> Optional[Path]:
+    """The folder behind a plain path or file: URI; None for remote schemes (s3:, mlflow-artifacts:, ...)."""
+    if uri.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(uri).path))
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", uri):
+        return None
+    return Path(uri)
+
+
+def purge_experiment(backend_store_uri: str, experiment_id: str, tracking_uri: str) -> None:
+    """Permanently delete a soft-deleted experiment and its runs (``mlflow gc``)."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", backend_store_uri,
+           "--experiment-ids", experiment_id]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RegistryError(f"`mlflow gc` could not purge experiment {experiment_id} from the backend store: "
+                            f"{proc.stderr.strip()[-1500:]}")
+
+
+def not_found(exc: Exception) -> bool:
+    text = str(exc)
+    return "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "does not exist" in text.lower() \
+        or getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def wrap(exc: Exception, doing: str, tracking_uri: str) -> RegistryError:
+    return RegistryError(f"{doing} failed against the MLflow store {redact(tracking_uri)}: {exc}")
+
+
+def redact(uri: str) -> str:
+    """Hide a password in ``scheme://user:password@host``."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else uri
+    return uri
+
+
+def git_commit(root: Optional[Path] = None) -> Optional[str]:
+    root = root or Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

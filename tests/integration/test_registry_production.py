@@ -1,0 +1,132 @@
+"""The registry on the production path: PostgreSQL + S3 behind a real `mlflow server`, and a direct
+``postgresql://`` tracking URI with an ``s3://`` artifact root. Everything the embedded tests check
+(registration, gate, aliases, integrity, concurrency, erasure) is checked here on real services.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy
+
+from cluster import get_settings
+from registry import ArtifactIntegrityError, Registry, TenantNotFoundError
+from tests.integration.service_fixtures import (  # noqa: F401
+    mlflow_production, postgres_s3_direct, postgres_service, s3_env, s3_server, s3_service,
+)
+from tests.registry_helpers import fake_model_dir, record
+from train import FinetuneConfig
+from train._finetune import finetune
+
+
+def _rows(database_uri: str, sql: str, **params) -> list:
+    engine = sqlalchemy.create_engine(database_uri, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        return conn.execute(sqlalchemy.text(sql), params).all()
+
+
+def _keys(s3, bucket: str) -> list[str]:
+    keys, token = [], None
+    while True:
+        page = s3.list_objects_v2(Bucket=bucket, **({"ContinuationToken": token} if token else {}))
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        token = page.get("NextContinuationToken")
+        if not token:
+            return keys
+
+
+def _aliases_and_integrity(reg: Registry, s3, bucket: str, tenant: str, tmp_path) -> None:
+    """Register 3 versions, promote / roll back, then corrupt the champion's bytes in S3."""
+    for payload in (b"one", b"two", b"three"):
+        reg.register_candidate(tenant, fake_model_dir(tmp_path / payload.decode(), payload), record(tenant))
+    reg.promote(tenant, "1")
+    reg.promote(tenant, "3", reason="better on the gate")
+    assert reg.rollback(tenant) == {"tenant": tenant, "champion": "1", "previous": "3"}
+    shown = reg.show(tenant)
+    assert shown["aliases"] == {"champion": "1", "challenger": "3"}
+    assert [v["version"] for v in shown["versions"]] == ["1", "2", "3"]
+    path, _ = reg.download(tenant, "champion", tmp_path / "dl")
+    assert (path / "model.safetensors").read_bytes() == b"one" * 100
+
+    run_id = reg.champion(tenant).run_id
+    [key] = [k for k in _keys(s3, bucket) if run_id in k and k.endswith("model.safetensors")]
+    s3.put_object(Bucket=bucket, Key=key, Body=b"tampered")
+    with pytest.raises(ArtifactIntegrityError, match="do not match the checksum"):
+        reg.download(tenant, "champion", tmp_path / "dl2")
+
+
+def _erase(reg: Registry, s3, bucket: str, database_uri: str, tenant: str, keep: str) -> None:
+    run_ids = [v.run_id for v in reg.versions(tenant)]
+    assert any(r in k for k in _keys(s3, bucket) for r in run_ids)
+    summary = reg.delete_tenant(tenant)
+    assert summary["purged"] is True and summary["deleted_versions"] == len(run_ids)
+    assert not [k for k in _keys(s3, bucket) if any(r in k for r in run_ids)], "tenant artifacts left in S3"
+    assert _rows(database_uri, "SELECT name FROM experiments WHERE name = :n", n=f"tenant.{tenant}") == []
+    assert _rows(database_uri, "SELECT name FROM registered_models WHERE name = :n", n=f"tenant.{tenant}") == []
+    for run_id in run_ids:
+        assert _rows(database_uri, "SELECT run_uuid FROM runs WHERE run_uuid = :r", r=run_id) == []
+    with pytest.raises(TenantNotFoundError):
+        reg.show(tenant)
+    assert reg.show(keep)["versions"], "another tenant's versions were touched"
+
+
+def test_mlflow_server_path(mlflow_production, tmp_path):
+    prod = mlflow_production
+    reg = Registry(prod.tracking_uri, backend_store_uri=prod.database_uri)
+    _aliases_and_integrity(reg, prod.s3, prod.bucket, "john", tmp_path)
+    reg.register_candidate("jane", fake_model_dir(tmp_path / "jane"), record("jane"))
+    _erase(reg, prod.s3, prod.bucket, prod.database_uri, "john", keep="jane")
+
+
+def test_twenty_concurrent_registrations_through_the_server(mlflow_production, tmp_path):
+    reg = Registry(mlflow_production.tracking_uri)
+    model = fake_model_dir(tmp_path / "m")
+    errors, versions = [], []
+
+    def one() -> None:
+        try:
+            versions.append(reg.register_candidate("crowd", model, record("crowd")).version)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    assert sorted(map(int, versions)) == list(range(1, 21))
+    assert len(reg.versions("crowd")) == 20
+
+
+def test_finetune_registers_and_gates_through_the_server(ray_session, mlflow_production, tiny_base, demo_dir,
+                                                         tmp_path):
+    settings = get_settings(home=str(tmp_path / "home"), mlflow_tracking_uri=mlflow_production.tracking_uri,
+                            promotion_floor=0.0)
+    common = dict(tenant="gated", data=str(demo_dir / "john.jsonl"), base=str(tiny_base), num_workers=2,
+                  batch_size=16, max_seq_len=24, lr=1e-3)
+    first = finetune(FinetuneConfig(**common, epochs=2, max_train_rows=256, out=tmp_path / "a"), settings=settings)
+    assert first["model_version"] == "1" and first["alias"] == "champion"
+    assert first["promotion"]["promoted"] and "first version" in first["promotion"]["reason"]
+    second = finetune(FinetuneConfig(**common, epochs=1, max_train_rows=16, out=tmp_path / "b"), settings=settings)
+    decision = second["promotion"]
+    assert second["model_version"] == "2"
+    assert decision["promoted"] == (decision["candidate_macro_f1"] >= decision["champion_macro_f1"])
+    reg = Registry(mlflow_production.tracking_uri)
+    assert reg.champion("gated").version == ("2" if decision["promoted"] else "1")
+    v2 = reg.get_version("gated", "2")
+    assert v2.tags["attune.promotion.reason"] == decision["reason"]
+    assert v2.tags["attune.base"] == str(tiny_base) and v2.tags["attune.data_hash"] == second["data_hash"]
+    run = reg.client.get_run(v2.run_id)
+    assert run.data.params["max_train_rows"] == "16"
+    assert [m.step for m in reg.client.get_metric_history(v2.run_id, "val_macro_f1")] == [1]
+
+
+def test_direct_postgres_and_s3_path(postgres_s3_direct, s3_service, tmp_path):
+    database_uri, artifact_root, _ = postgres_s3_direct
+    bucket = artifact_root.removeprefix("s3://").split("/", 1)[0]
+    reg = Registry(database_uri, artifact_root)
+    s3 = s3_service.client()
+    _aliases_and_integrity(reg, s3, bucket, "john", tmp_path)
+    reg.register_candidate("jane", fake_model_dir(tmp_path / "jane"), record("jane"))
+    _erase(reg, s3, bucket, database_uri, "john", keep="jane")

@@ -1,0 +1,44 @@
+"""Helpers for registry tests: a registry in a temp folder and model directories to register."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from registry import Lineage, Registry, RunRecord
+
+
+_TEMPLATE: list[Path] = []
+
+
+def sqlite_registry(root: Path) -> Registry:
+    """A fresh embedded registry in ``root``: a copy of an empty, already-migrated database
+    (creating MLflow's tables takes seconds; copying the file takes milliseconds)."""
+    root.mkdir(parents=True, exist_ok=True)
+    if not _TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="attune-mlflow-template-")) / "mlflow.db"
+        Registry(f"sqlite:///{template}").client.search_experiments()
+        _TEMPLATE.append(template)
+    shutil.copyfile(_TEMPLATE[0], root / "mlflow.db")
+    return Registry(f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"))
+
+
+def fake_model_dir(path: Path, payload: bytes = b"weights") -> Path:
+    """A directory shaped like an export (the registry only stores and checks bytes)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "attune.json").write_text(json.dumps({"tenant": "john", "labels": ["negative", "positive"]}))
+    (path / "model.safetensors").write_bytes(payload * 100)
+    return path
+
+
+def record(tenant: str = "john", macro_f1: float = 0.9, **params) -> RunRecord:
+    lineage = Lineage(kind="finetune", tenant=tenant, base="minilm", method="full", data_uri="/data/john.jsonl",
+                      data_hash="d" * 64, split_counts={"train": 80, "validation": 10, "test": 10},
+                      labels=["negative", "positive"], temperature=1.7, code_version="abc123",
+                      attune_version="0.1.0")
+    return RunRecord(run_name=f"finetune-{tenant}", params={"lr": 1e-4, **params},
+                     metrics={"test_macro_f1": macro_f1, "test_accuracy": macro_f1, "ece_before": 0.1,
+                              "ece_after": 0.05, "temperature": 1.7},
+                     history=[{"epoch": 1, "train_loss": 0.7, "val_macro_f1": 0.6},
+                              {"epoch": 2, "train_loss": 0.4, "val_macro_f1": 0.8}], lineage=lineage)

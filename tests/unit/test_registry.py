@@ -1,0 +1,135 @@
+"""The registry API on the embedded default (SQLite + a local folder): no Ray, no training."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from registry import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
+                      TenantNotFoundError)
+from tests.registry_helpers import fake_model_dir, record, sqlite_registry
+
+
+@pytest.fixture
+def reg(tmp_path):
+    return sqlite_registry(tmp_path / "store")
+
+
+@pytest.mark.parametrize("bad", ["", "John", "jo hn", "../etc", "a/b", "-x", "x" * 64, "tenant.john", None])
+def test_invalid_tenant_ids_are_rejected_with_the_rule(reg, tmp_path, bad):
+    with pytest.raises(InvalidTenantError, match=r"invalid tenant id .*must match"):
+        reg.register_candidate(bad, fake_model_dir(tmp_path / "m"), record())
+    assert reg.list_tenants() == []
+
+
+def test_version_carries_lineage_metrics_and_checksum_and_run_history(reg, tmp_path):
+    version = reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+    assert version.version == "1" and version.aliases == ["challenger"]
+    assert version.metrics["test_macro_f1"] == pytest.approx(0.9)
+    assert version.temperature == pytest.approx(1.7) and version.labels == ["negative", "positive"]
+    assert len(version.checksum) == 64
+    for key in ("attune.base", "attune.data_hash", "attune.code_version", "attune.rows.test", "attune.data_uri"):
+        assert version.tags[key]
+    run = reg.client.get_run(version.run_id)
+    assert run.data.params["lr"] == "0.0001" and run.data.tags["attune.base"] == "minilm"
+    curve = reg.client.get_metric_history(version.run_id, "val_macro_f1")
+    assert [(m.step, m.value) for m in curve] == [(1, 0.6), (2, 0.8)]
+    assert reg.client.get_experiment(run.info.experiment_id).name == "tenant.john"
+
+
+def test_no_champion_and_unknown_tenant_say_what_to_run(reg, tmp_path):
+    with pytest.raises(TenantNotFoundError, match="attune finetune --tenant nobody"):
+        reg.champion("nobody")
+    reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+    with pytest.raises(NoChampionError, match="attune registry promote john <version>"):
+        reg.champion("john")
+
+
+def test_promote_then_rollback_follows_the_champion_history(reg, tmp_path):
+    for _ in range(3):
+        reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+    with pytest.raises(NoChampionError):
+        reg.rollback("john")
+    assert reg.promote("john", "1")["previous"] is None
+    with pytest.raises(RegistryError, match="no previous champion"):
+        reg.rollback("john")
+    reg.promote("john", "3", reason="better")
+    assert reg.champion("john").version == "3"
+    assert reg.rollback("john") == {"tenant": "john", "champion": "1", "previous": "3"}
+    assert reg.champion("john").version == "1"
+    shown = reg.show("john")
+    assert shown["aliases"] == {"champion": "1", "challenger": "3"}
+    v3 = next(v for v in shown["versions"] if v["version"] == "3")
+    assert v3["promotion"] == {"promoted": True, "reason": "better"}
+    assert "rolled back to version 1" in v3["lineage"]["rolled_back"]
+    rows = reg.list_tenants()
+    assert [(r["tenant"], r["champion_version"]) for r in rows] == [("john", "1")]
+    assert rows[0]["metrics"]["test_macro_f1"] == pytest.approx(0.9) and rows[0]["promoted_at"]
+
+
+def test_download_verifies_the_checksum_and_refuses_a_corrupted_artifact(reg, tmp_path):
+    version = reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+    reg.promote("john", version.version)
+    path, info = reg.download("john", "champion", tmp_path / "dl")
+    assert (path / "model.safetensors").read_bytes() == b"weights" * 100 and info.version == "1"
+    stored = tmp_path / "store" / "artifacts"
+    weights = next(stored.rglob("model.safetensors"))
+    weights.write_bytes(b"tampered" * 100)
+    with pytest.raises(ArtifactIntegrityError, match="do not match the checksum"):
+        reg.download("john", "champion", tmp_path / "dl2")
+    assert not (tmp_path / "dl2").exists()
+
+
+def test_registration_failing_midway_leaves_no_version_and_no_artifacts(reg, tmp_path, monkeypatch):
+    reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("registry store went away")
+
+    monkeypatch.setattr(reg.client, "create_model_version", broken)
+    with pytest.raises(RegistryError, match="registry store went away"):
+        reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record())
+    monkeypatch.undo()
+    assert [v.version for v in reg.versions("john")] == ["1"]
+    runs = list((tmp_path / "store" / "artifacts" / "tenant.john").iterdir())
+    assert len(runs) == 1  # the failed run's artifacts are gone
+    for version in reg.versions("john"):
+        assert reg.download("john", version.version, tmp_path / f"dl{version.version}")
+
+
+def test_twenty_concurrent_registrations_get_twenty_distinct_versions(reg, tmp_path):
+    model = fake_model_dir(tmp_path / "m")
+    errors, versions = [], []
+
+    def one(i: int) -> None:
+        try:
+            versions.append(reg.register_candidate("john", model, record(attempt=i)).version)
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert errors == []
+    assert sorted(map(int, versions)) == list(range(1, 21))
+    assert len(reg.versions("john")) == 20
+
+
+def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path):
+    for tenant in ("john", "jane"):
+        reg.register_candidate(tenant, fake_model_dir(tmp_path / "m"), record(tenant))
+    reg.promote("john", "1")
+    summary = reg.delete_tenant("john")
+    assert summary == {"tenant": "john", "deleted_versions": 1, "deleted_runs": 1, "purged": True}
+    assert not (tmp_path / "store" / "artifacts" / "tenant.john").exists()
+    assert (tmp_path / "store" / "artifacts" / "tenant.jane").exists()
+    assert reg.client.get_experiment_by_name("tenant.john") is None
+    with pytest.raises(TenantNotFoundError):
+        reg.show("john")
+    with pytest.raises(TenantNotFoundError, match="nothing in the registry"):
+        reg.delete_tenant("john")
+    assert [r["tenant"] for r in reg.list_tenants()] == ["jane"]
+    # the tenant can start over
+    assert reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record()).version == "1"
