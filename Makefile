@@ -25,16 +25,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Until `attune demo` lands: write the demo data, fine-tune john and jane
-# (2 workers, ZeRO-2) and show them disagree about the same headline.
+# (2 workers, ZeRO-2; each run is registered and gated in the MLflow registry)
+# and show their champions disagree about the same headline.
 demo: install
 	$(BIN)/attune data demo --out $(DEMO_DATA)
 	rm -rf $(DEMO_MODELS)
 	$(BIN)/attune finetune --tenant john --data $(DEMO_DATA)/john.jsonl --workers 2 --zero-stage 2 --out $(DEMO_MODELS)/john
 	$(BIN)/attune finetune --tenant jane --data $(DEMO_DATA)/jane.jsonl --workers 2 --zero-stage 2 --out $(DEMO_MODELS)/jane
 	@echo "--- john (long gold) ---"
-	$(BIN)/attune predict --model $(DEMO_MODELS)/john --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
+	$(BIN)/attune predict --tenant john --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
 	@echo "--- jane (short gold) ---"
-	$(BIN)/attune predict --model $(DEMO_MODELS)/jane --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
+	$(BIN)/attune predict --tenant jane --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
+	@echo "--- registry ($(ATTUNE_HOME)/mlflow.db; browse with: $(BIN)/attune registry ui) ---"
+	$(BIN)/attune registry list
 
 test: install
 	$(BIN)/python -m pytest

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -16,7 +17,9 @@ from tests.integration.service_fixtures import (  # noqa: F401
 )
 from tests.registry_helpers import fake_model_dir, record
 from train import FinetuneConfig
+from train._data import load_tenant_data
 from train._finetune import finetune
+from train._promote import register_and_gate, run_record
 
 
 def _rows(database_uri: str, sql: str, **params) -> list:
@@ -103,23 +106,29 @@ def test_finetune_registers_and_gates_through_the_server(ray_session, mlflow_pro
                                                          tmp_path):
     settings = get_settings(home=str(tmp_path / "home"), mlflow_tracking_uri=mlflow_production.tracking_uri,
                             promotion_floor=0.0)
-    common = dict(tenant="gated", data=str(demo_dir / "john.jsonl"), base=str(tiny_base), num_workers=2,
-                  batch_size=16, max_seq_len=24, lr=1e-3)
-    first = finetune(FinetuneConfig(**common, epochs=2, max_train_rows=256, out=tmp_path / "a"), settings=settings)
+    data = str(demo_dir / "john.jsonl")
+    first = finetune(FinetuneConfig(tenant="gated", data=data, base=str(tiny_base), num_workers=2, batch_size=16,
+                                    max_seq_len=24, lr=1e-3, epochs=2, max_train_rows=256, out=tmp_path / "a"),
+                     settings=settings)
     assert first["model_version"] == "1" and first["alias"] == "champion"
     assert first["promotion"]["promoted"] and "first version" in first["promotion"]["reason"]
-    second = finetune(FinetuneConfig(**common, epochs=1, max_train_rows=16, out=tmp_path / "b"), settings=settings)
-    decision = second["promotion"]
-    assert second["model_version"] == "2"
-    assert decision["promoted"] == (decision["candidate_macro_f1"] >= decision["champion_macro_f1"])
     reg = Registry(mlflow_production.tracking_uri)
-    assert reg.champion("gated").version == ("2" if decision["promoted"] else "1")
-    v2 = reg.get_version("gated", "2")
-    assert v2.tags["attune.promotion.reason"] == decision["reason"]
-    assert v2.tags["attune.base"] == str(tiny_base) and v2.tags["attune.data_hash"] == second["data_hash"]
-    run = reg.client.get_run(v2.run_id)
-    assert run.data.params["max_train_rows"] == "16"
-    assert [m.step for m in reg.client.get_metric_history(v2.run_id, "val_macro_f1")] == [1]
+    v1 = reg.get_version("gated", "1")
+    assert v1.tags["attune.base"] == str(tiny_base) and v1.tags["attune.data_hash"] == first["data_hash"]
+    assert reg.client.get_run(v1.run_id).data.params["max_train_rows"] == "256"
+    assert [m.step for m in reg.client.get_metric_history(v1.run_id, "val_macro_f1")] == [1, 2]
+
+    # the same model again: the gate downloads the champion through the server (from S3) and scores both
+    dataset = load_tenant_data(data)
+    record = run_record("finetune", "again", {}, first["metrics"], [], tenant="gated", base=str(tiny_base),
+                        method="full", data_uri=data, dataset=dataset)
+    again = register_and_gate(reg, "gated", Path(first["model_dir"]), record, dataset, promote=True, margin=0.0,
+                              floor=0.0)
+    decision = again["promotion"]
+    assert again["model_version"] == "2" and decision["champion_version"] == "1"
+    assert decision["candidate_macro_f1"] == decision["champion_macro_f1"] and decision["promoted"]
+    assert reg.champion("gated").version == "2"
+    assert reg.get_version("gated", "2").tags["attune.promotion.reason"] == decision["reason"]
 
 
 def test_direct_postgres_and_s3_path(postgres_s3_direct, s3_service, tmp_path):
