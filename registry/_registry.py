@@ -69,7 +69,7 @@ class Registry:
     def log_run(self, experiment: str, record: RunRecord, artifacts: Optional[Path] = None,
                 parent_run_id: Optional[str] = None) -> str:
         """One finished MLflow run: params, per-epoch and final metrics, tags, and ``artifacts/model``."""
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         tags = dict(record.tags)
         if parent_run_id:

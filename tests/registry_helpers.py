@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from registry import Lineage, Registry, RunRecord
@@ -42,3 +43,21 @@ def record(tenant: str = "john", macro_f1: float = 0.9, **params) -> RunRecord:
                               "ece_after": 0.05, "temperature": 1.7},
                      history=[{"epoch": 1, "train_loss": 0.7, "val_macro_f1": 0.6},
                               {"epoch": 2, "train_loss": 0.4, "val_macro_f1": 0.8}], lineage=lineage)
+
+
+def register_concurrently(reg: Registry, tenant: str, model_dir: Path, count: int) -> tuple[list[str], list]:
+    """``count`` threads registering ``model_dir`` at once: (versions they got, errors they raised)."""
+    errors, versions = [], []
+
+    def one(i: int) -> None:
+        try:
+            versions.append(reg.register_candidate(tenant, model_dir, record(tenant, attempt=i)).version)
+        except Exception as exc:  # collected for the caller to assert on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return versions, errors

@@ -18,10 +18,11 @@ def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
     """A DeepSpeed config: fp32 on CPU, bf16 on GPU, ZeRO at ``zero_stage``."""
     zero: dict = {"stage": zero_stage}
     if zero_stage in (1, 2):
-        # One all-reduce per bucket beats per-rank reduce calls on gloo (CPU); big buckets,
-        # few collectives. Measured with tests/benchmarks/train_overhead.py.
-        zero.update(reduce_scatter=False, reduce_bucket_size=int(5e8), allgather_bucket_size=int(5e8),
-                    overlap_comm=False, contiguous_gradients=True)
+        # One all-reduce per bucket beats per-rank reduce calls on gloo (CPU). Reducing 5M-element
+        # buckets as backward fills them beat one reduction after backward (22 -> 25-27 samples/s,
+        # MiniLM, 2 CPU workers). Measured with tests/benchmarks/train_overhead.py.
+        zero.update(reduce_scatter=False, reduce_bucket_size=int(5e6), allgather_bucket_size=int(5e8),
+                    overlap_comm=True, contiguous_gradients=True)
     if zero_stage >= 1 and offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if zero_stage == 3:

@@ -1,7 +1,7 @@
 """Real data: the newsdesk tenant (Twitter Financial News Sentiment) learns from MiniLM.
 
-The >= 80% test-accuracy figure needs the full train split (9,602 rows, about 17 minutes
-on 2 CPU cores), which does not fit the suite's time budget; it is reproduced with
+The >= 80% test-accuracy figure needs the full train split (9,602 rows, 3 epochs: about
+17-27 minutes on 2 CPU cores), which does not fit the suite's time budget; it is reproduced with
 
     attune data demo --out data && attune finetune --tenant newsdesk --data data/newsdesk.jsonl --epochs 3 --patience 1
 
@@ -35,4 +35,4 @@ def test_newsdesk_subsample_learns_real_data_from_minilm(ray_session, tmp_path):
     assert metrics["test_accuracy"] >= 0.72
     assert metrics["test_macro_f1"] >= 0.60
     assert set(metrics["test_per_class_f1"]) == {"bearish", "bullish", "neutral"}
-    assert metrics["ece_after"] <= metrics["ece_before"] + 0.01
+    assert metrics["ece_after"] <= metrics["ece_before"]  # temperature scaling helps on real data

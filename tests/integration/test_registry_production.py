@@ -4,7 +4,6 @@
 """
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from registry import ArtifactIntegrityError, Registry, TenantNotFoundError
 from tests.integration.service_fixtures import (  # noqa: F401
     mlflow_production, postgres_s3_direct, postgres_service, s3_env, s3_server, s3_service,
 )
-from tests.registry_helpers import fake_model_dir, record
+from tests.registry_helpers import fake_model_dir, record, register_concurrently
 from train import FinetuneConfig
 from train._data import load_tenant_data
 from train._finetune import finetune
@@ -83,20 +82,7 @@ def test_mlflow_server_path(mlflow_production, tmp_path):
 
 def test_twenty_concurrent_registrations_through_the_server(mlflow_production, tmp_path):
     reg = Registry(mlflow_production.tracking_uri)
-    model = fake_model_dir(tmp_path / "m")
-    errors, versions = [], []
-
-    def one() -> None:
-        try:
-            versions.append(reg.register_candidate("crowd", model, record("crowd")).version)
-        except Exception as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    versions, errors = register_concurrently(reg, "crowd", fake_model_dir(tmp_path / "m"), 20)
     assert errors == []
     assert sorted(map(int, versions)) == list(range(1, 21))
     assert len(reg.versions("crowd")) == 20

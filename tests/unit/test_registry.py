@@ -1,13 +1,11 @@
 """The registry API on the embedded default (SQLite + a local folder): no Ray, no training."""
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from registry import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
                       TenantNotFoundError)
-from tests.registry_helpers import fake_model_dir, record, sqlite_registry
+from tests.registry_helpers import fake_model_dir, record, register_concurrently, sqlite_registry
 
 
 @pytest.fixture
@@ -98,20 +96,7 @@ def test_registration_failing_midway_leaves_no_version_and_no_artifacts(reg, tmp
 
 
 def test_twenty_concurrent_registrations_get_twenty_distinct_versions(reg, tmp_path):
-    model = fake_model_dir(tmp_path / "m")
-    errors, versions = [], []
-
-    def one(i: int) -> None:
-        try:
-            versions.append(reg.register_candidate("john", model, record(attempt=i)).version)
-        except Exception as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
+    versions, errors = register_concurrently(reg, "john", fake_model_dir(tmp_path / "m"), 20)
     assert errors == []
     assert sorted(map(int, versions)) == list(range(1, 21))
     assert len(reg.versions("john")) == 20
