@@ -1,11 +1,12 @@
 """Fixtures shared by every test tier."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+
+from train._data import write_jsonl  # noqa: F401  (re-exported for tests)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -59,8 +60,3 @@ def attune_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "attune-home"
     monkeypatch.setenv("ATTUNE_HOME", str(home))
     return home
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path

@@ -28,7 +28,7 @@ import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional, Sequence
 
 from cluster._storage import is_s3_uri, read_bytes
@@ -358,3 +358,9 @@ def _rows_text(rows: Sequence[int]) -> str:
 
 def _short(text: str) -> str:
     return text if len(text) <= MAX_TEXT_SHOWN else text[: MAX_TEXT_SHOWN - 3] + "..."
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as JSON Lines (one object per line); returns ``path``."""
+    Path(path).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return Path(path)

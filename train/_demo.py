@@ -17,10 +17,11 @@ the repository. Set ``ATTUNE_NEWSDESK_DATA`` to read them from elsewhere.
 from __future__ import annotations
 
 import csv
-import json
 import random
 from pathlib import Path
 from typing import Callable, Optional
+
+from train._data import write_jsonl
 
 SEED_SENTENCE = "gold is up 150% in after-hours trading"
 NEWSDESK_FILES = ("sent_train.csv", "sent_valid.csv")
@@ -226,7 +227,7 @@ def write_demo_data(out_dir: Path, newsdesk_source: Optional[Path] = None) -> di
     source = newsdesk_source or default_newsdesk_source()
     if source is not None:
         tenants["newsdesk"] = newsdesk_rows(source)
-    files = {name: str(_write_jsonl(out_dir / f"{name}.jsonl", rows)) for name, rows in tenants.items()}
+    files = {name: str(write_jsonl(out_dir / f"{name}.jsonl", rows)) for name, rows in tenants.items()}
     conflicting = sum(a["label"] != b["label"] for a, b in zip(john, jane))
     return {
         "out_dir": str(out_dir),
@@ -235,10 +236,3 @@ def write_demo_data(out_dir: Path, newsdesk_source: Optional[Path] = None) -> di
         "conflicting_rows": conflicting,
         "conflict_fraction": round(conflicting / len(john), 4),
     }
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", encoding="utf-8", newline="\n") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path

@@ -25,13 +25,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _data_file(rows_dir: Path) -> Path:
     """The newsdesk tenant when the shared data is present, else the demo tenant john."""
+    from train._data import write_jsonl
     from train._demo import default_newsdesk_source, demo_rows, newsdesk_rows
 
     source = default_newsdesk_source()
     rows = newsdesk_rows(source) if source else demo_rows()[0]
     path = rows_dir / ("newsdesk.jsonl" if source else "john.jsonl")
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return write_jsonl(path, rows)
 
 
 def run_attune(data: Path, args, workdir: Path) -> dict:
