@@ -29,6 +29,9 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_MLFLOW_BACKEND_STORE_URI": "mlflow_backend_store_uri",
     "ATTUNE_PROMOTION_MARGIN": "promotion_margin",
     "ATTUNE_PROMOTION_FLOOR": "promotion_floor",
+    "ATTUNE_SERVE_REFRESH_S": "serve_refresh_s",
+    "ATTUNE_SERVE_KEYS_REFRESH_S": "serve_keys_refresh_s",
+    "ATTUNE_KEYS_DB_URL": "keys_db_url",
 }
 
 
@@ -64,6 +67,13 @@ class Settings(BaseModel):
                                     description="a challenger may trail the champion's macro-F1 by this much")
     promotion_floor: float = Field(default=0.5, ge=0, le=1,
                                    description="test macro-F1 a tenant's first version needs to be promoted")
+    serve_refresh_s: float = Field(default=5.0, gt=0, le=300,
+                                   description="serve: seconds a tenant's resolved champion is cached")
+    serve_keys_refresh_s: float = Field(default=5.0, gt=0, le=10,
+                                        description="serve: seconds an API key check is cached (revocation delay)")
+    keys_db_url: Optional[str] = Field(
+        default=None, description="SQLAlchemy URL of the API key store (default: the registry's PostgreSQL, "
+                                  "else sqlite:///$ATTUNE_HOME/keys.db)")
 
     @field_validator("log_level")
     @classmethod

@@ -1,0 +1,129 @@
+"""Building, deploying, inspecting and tearing down the Serve application ``attune``."""
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from ray import serve as ray_serve
+
+from serve._config import AppSpec
+from serve._ingress import Ingress
+from serve._model import TenantModel
+
+APP_NAME = "attune"
+STATE_FILE = "serve.json"
+
+
+def build_app(spec: AppSpec):
+    """The bound application: ``Ingress`` in front of the multiplexed ``TenantModel``."""
+    model_cfg, ingress_cfg = spec.config.model, spec.config.ingress
+    payload = spec.model_dump()
+    model = TenantModel.options(
+        autoscaling_config=model_cfg.autoscaling.ray_options(),
+        max_ongoing_requests=model_cfg.max_ongoing_requests,
+        ray_actor_options={"num_cpus": model_cfg.num_cpus, "num_gpus": model_cfg.num_gpus},
+    ).bind(payload)
+    return Ingress.options(
+        autoscaling_config=ingress_cfg.autoscaling.ray_options(),
+        max_ongoing_requests=ingress_cfg.max_ongoing_requests,
+        ray_actor_options={"num_cpus": ingress_cfg.num_cpus},
+    ).bind(model, payload)
+
+
+def deploy(spec: AppSpec, *, host: str = "127.0.0.1", port: int = 8000) -> str:
+    """Start Serve's HTTP proxy on ``host:port`` (if Serve is not running yet) and deploy; returns the URL."""
+    ray_serve.start(http_options={"host": host, "port": port})
+    ray_serve.run(build_app(spec), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
+def wait_ready(url: str, timeout_s: float) -> bool:
+    """Poll ``url/readyz`` until it answers 200 or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if probe(url) == 200:
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def probe(url: str, path: str = "/readyz", timeout_s: float = 5.0) -> Optional[int]:
+    try:
+        with urllib.request.urlopen(url + path, timeout=timeout_s) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+def teardown(shutdown_serve: bool = True) -> bool:
+    """Delete the application; shut Serve down too when no other application is left.
+
+    Returns False when Serve was not running on this cluster (nothing to remove).
+    """
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        ray_serve.delete(APP_NAME)
+    except RayServeException:
+        return False
+    if shutdown_serve and not ray_serve.status().applications:
+        ray_serve.shutdown()
+    return True
+
+
+def status(url: Optional[str] = None) -> dict:
+    """Deployments, replicas with their loaded models, and the HTTP health (``attune serve status``)."""
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        app = ray_serve.status().applications.get(APP_NAME)
+    except RayServeException:  # Serve itself is not running on this cluster
+        app = None
+    if app is None:
+        return {"running": False, "app": APP_NAME}
+    deployments = {name: {"status": str(getattr(d.status, "value", d.status)),
+                          "replica_states": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+                          "message": d.message} for name, d in app.deployments.items()}
+    return {"running": True, "app": APP_NAME, "status": str(getattr(app.status, "value", app.status)),
+            "url": url, "healthz": probe(url, "/healthz") if url else None,
+            "readyz": probe(url, "/readyz") if url else None,
+            "deployments": deployments, "replicas": replica_stats()}
+
+
+def replica_stats(timeout_s: float = 10.0) -> list[dict]:
+    """Each live ``TenantModel`` replica's loaded models and shared bases."""
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:TenantModel"),
+                                  ("state", "=", "ALIVE")])
+    out = []
+    for actor in actors:
+        try:
+            handle = ray.get_actor(actor.name, namespace=actor.ray_namespace)
+            out.append(ray.get(handle.record_routing_stats.remote(), timeout=timeout_s))
+        except Exception as exc:  # noqa: BLE001 - a replica going away mid-status is not an error
+            out.append({"replica": actor.name, "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
+def state_path(home: Path) -> Path:
+    return Path(home).resolve() / STATE_FILE
+
+
+def write_state(home: Path, state: dict) -> None:
+    path = state_path(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def read_state(home: Path) -> Optional[dict]:
+    path = state_path(home)
+    return json.loads(path.read_text()) if path.is_file() else None

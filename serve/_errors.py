@@ -1,0 +1,103 @@
+"""The serving error tree. Every error maps to one HTTP status and a stable ``code``.
+
+Errors raised in a model replica cross a Ray actor boundary, so they pickle with their message.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ServeError(Exception):
+    """A request could not be served; ``http_status`` and ``code`` go into the JSON error body."""
+
+    http_status = 500
+    code = "internal"
+
+    def __reduce__(self):
+        return (type(self), self.args)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.code
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class UnauthorizedError(ServeError):
+    http_status = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ServeError):
+    http_status = 403
+    code = "forbidden"
+
+
+class UnknownTenantError(ServeError):
+    http_status = 404
+    code = "unknown_tenant"
+
+
+class NotFoundError(ServeError):
+    http_status = 404
+    code = "not_found"
+
+
+class NoChampionError(ServeError):
+    http_status = 409
+    code = "no_champion"
+
+
+class PayloadTooLargeError(ServeError):
+    http_status = 413
+    code = "payload_too_large"
+
+
+class InvalidRequestError(ServeError):
+    http_status = 422
+    code = "invalid_body"
+
+
+class ModelUnavailableError(ServeError):
+    """The tenant's model failed to load (or is backing off before a retry); others are unaffected."""
+
+    http_status = 503
+    code = "model_unavailable"
+
+
+class NotReadyError(ServeError):
+    http_status = 503
+    code = "not_ready"
+
+
+class ServeConfigError(ServeError, ValueError):
+    """A serve config file or setting is invalid (a user error of `attune serve up`)."""
+
+    code = "invalid_config"
+
+
+_BY_STATUS = {401: UnauthorizedError, 403: ForbiddenError, 404: UnknownTenantError, 409: NoChampionError,
+              413: PayloadTooLargeError, 422: InvalidRequestError, 503: ModelUnavailableError}
+
+
+def from_registry_error(exc: Exception) -> ServeError:
+    """Map a ``registry.RegistryError`` (which carries ``http_status``) onto this tree."""
+    status = getattr(exc, "http_status", 500)
+    if status == 422:  # an id that can never be a tenant is simply not one
+        return UnknownTenantError(str(exc))
+    return _BY_STATUS.get(status, ServeError)(str(exc))
+
+
+def as_serve_error(exc: BaseException, default: Optional[type] = None) -> ServeError:
+    """The :class:`ServeError` behind ``exc``, unwrapping Ray task errors; else ``default`` (503)."""
+    seen = exc
+    for _ in range(4):  # Ray wraps replica errors (RayTaskError); the clean one is its ``cause``
+        cause = getattr(seen, "cause", None) or seen.__cause__
+        if isinstance(seen, ServeError) and not isinstance(cause, ServeError):
+            return seen
+        if cause is None:
+            break
+        seen = cause
+    kind = default or ModelUnavailableError
+    return kind(f"the model deployment failed: {type(exc).__name__}: {exc}")

@@ -1,0 +1,156 @@
+"""API keys: created once, stored only as salted PBKDF2 hashes, revocable.
+
+The store is a SQLAlchemy URL: by default SQLite at ``$ATTUNE_HOME/keys.db``; with a PostgreSQL
+registry (``ATTUNE_MLFLOW_TRACKING_URI`` or ``ATTUNE_MLFLOW_BACKEND_STORE_URI``) the keys live in
+that same database (table ``attune_api_keys``); ``ATTUNE_KEYS_DB_URL`` overrides both.
+
+A key reads ``atn_<key_id>_<secret>``: the id finds the row, the secret is checked against the hash.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from serve._errors import ServeError
+
+TABLE = "attune_api_keys"
+PREFIX = "atn"
+ITERATIONS = 100_000
+KEY_ID_HEX = 12
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a valid key belongs to."""
+
+    key_id: str
+    tenant: Optional[str]
+    admin: bool
+
+    def may_call(self, tenant: str) -> bool:
+        return self.admin or self.tenant == tenant
+
+
+class KeyStoreError(ServeError):
+    code = "key_store"
+
+
+def keys_url(settings) -> str:
+    """Where keys live: ``ATTUNE_KEYS_DB_URL``, else the registry's PostgreSQL, else SQLite in ATTUNE_HOME."""
+    explicit = getattr(settings, "keys_db_url", None)
+    if explicit:
+        return explicit
+    for uri in (settings.mlflow_tracking_uri, settings.mlflow_backend_store_uri):
+        if uri and uri.startswith("postgresql"):
+            return uri
+    return f"sqlite:///{(Path(settings.home) / 'keys.db').resolve()}"
+
+
+def hash_secret(secret: str, salt: Optional[bytes] = None, iterations: int = ITERATIONS) -> str:
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
+def verify_secret(secret: str, stored: str) -> bool:
+    try:
+        scheme, iterations, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "pbkdf2_sha256":
+        return False
+    candidate = hash_secret(secret, bytes.fromhex(salt), int(iterations)).rsplit("$", 1)[1]
+    return hmac.compare_digest(candidate, digest)
+
+
+def split_key(key: str) -> Optional[tuple[str, str]]:
+    """``(key_id, secret)`` of a well-formed key, else None."""
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or len(parts[1]) != KEY_ID_HEX or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+class KeyStore:
+    """The key table behind a SQLAlchemy URL (created on first use)."""
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            TABLE, meta,
+            sa.Column("key_id", sa.String(32), primary_key=True),
+            sa.Column("tenant", sa.String(64), nullable=True),
+            sa.Column("admin", sa.Boolean, nullable=False, default=False),
+            sa.Column("secret_hash", sa.String(256), nullable=False),
+            sa.Column("created_at", sa.String(40), nullable=False),
+            sa.Column("revoked_at", sa.String(40), nullable=True),
+        )
+        try:
+            meta.create_all(self.engine, checkfirst=True)
+        except sa.exc.SQLAlchemyError as exc:
+            raise KeyStoreError(f"cannot open the key store at {_redact(url)}: {exc}; check ATTUNE_KEYS_DB_URL") \
+                from None
+
+    def create(self, tenant: Optional[str], admin: bool = False) -> dict:
+        """A new key; the plaintext is returned here and never stored."""
+        if admin == (tenant is not None):
+            raise KeyStoreError("a key is either for one tenant (--tenant T) or an admin key (--admin)")
+        key_id, secret = secrets.token_hex(KEY_ID_HEX // 2), secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(self.table.insert().values(key_id=key_id, tenant=tenant, admin=admin,
+                                                    secret_hash=hash_secret(secret), created_at=_now()))
+        return {"tenant": tenant, "key_id": key_id, "key": f"{PREFIX}_{key_id}_{secret}", "admin": admin}
+
+    def revoke(self, key_id: str) -> dict:
+        with self.engine.begin() as conn:
+            row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
+            if row is None:
+                raise KeyStoreError(f"no key with id {key_id!r}; see `attune keys list`")
+            revoked_at = row["revoked_at"] or _now()
+            conn.execute(self.table.update().where(self.table.c.key_id == key_id).values(revoked_at=revoked_at))
+        return {"key_id": key_id, "tenant": row["tenant"], "admin": bool(row["admin"]), "revoked_at": revoked_at}
+
+    def list(self) -> list[dict]:
+        cols = [c for c in self.table.c if c.name != "secret_hash"]
+        import sqlalchemy as sa
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*cols).order_by(self.table.c.created_at)).mappings().all()
+        return [{**row, "admin": bool(row["admin"])} for row in rows]
+
+    def count_active(self) -> int:
+        return sum(1 for row in self.list() if row["revoked_at"] is None)
+
+    def verify(self, key: str) -> Optional[Principal]:
+        """The key's principal when it exists, is not revoked and its secret matches; else None."""
+        parts = split_key(key)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        with self.engine.connect() as conn:
+            row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
+        if row is None or row["revoked_at"] is not None or not verify_secret(secret, row["secret_hash"]):
+            return None
+        return Principal(key_id=key_id, tenant=row["tenant"], admin=bool(row["admin"]))
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,100 @@
+"""Request bodies: read within the size limit, parse, and check every rule, reporting all problems once."""
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve._errors import InvalidRequestError, PayloadTooLargeError
+
+MAX_REPORTED = 5  # problems listed in one 422 message
+
+
+class PredictBody(BaseModel):
+    """``POST /v1/tenants/{tenant}/predict`` (documented in OpenAPI; checked by :func:`parse_predict_body`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, description="texts to classify (at most max_texts, each at most "
+                                                       "max_chars characters)")
+
+
+class Prediction(BaseModel):
+    label: str
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    tenant: str
+    model_version: str
+    predictions: list[Prediction]
+
+
+class TenantInfo(BaseModel):
+    tenant: str
+    model_version: str
+    labels: list[str]
+    metrics: dict[str, float]
+    temperature: float
+    promoted_at: Optional[str]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+async def read_limited(content_length: Optional[str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The whole body, or :class:`PayloadTooLargeError` as soon as it passes ``limit`` bytes."""
+    too_large = PayloadTooLargeError(f"request body is larger than the limit of {limit} bytes "
+                                     "(ingress.max_body_bytes); send fewer or shorter texts per request")
+    if content_length and content_length.isdigit() and int(content_length) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
+def parse_predict_body(raw: bytes, *, max_texts: int, max_chars: int) -> list[str]:
+    """The ``texts`` of a predict body, or one :class:`InvalidRequestError` listing every problem."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError(f'body is not valid UTF-8 JSON ({exc}); send {{"texts": ["..."]}}') from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f'body must be a JSON object like {{"texts": ["..."]}}, got {type(data).__name__}')
+    problems = [f"unknown key {key!r}" for key in sorted(data) if key != "texts"]
+    texts = data.get("texts")
+    if "texts" not in data:
+        problems.insert(0, "'texts' is missing")
+    elif not isinstance(texts, list):
+        problems.insert(0, f"'texts' must be a list of strings, got {type(texts).__name__}")
+    else:
+        problems += _text_problems(texts, max_texts, max_chars)
+    if problems:
+        shown = problems[:MAX_REPORTED]
+        more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
+        raise InvalidRequestError("invalid body: " + "; ".join(shown) + more)
+    return texts
+
+
+def _text_problems(texts: list, max_texts: int, max_chars: int) -> list[str]:
+    problems = []
+    if not texts:
+        problems.append("'texts' is empty; send at least one text")
+    if len(texts) > max_texts:
+        problems.append(f"'texts' has {len(texts)} items, more than max_texts={max_texts}; split the request")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            problems.append(f"texts[{i}] is {type(text).__name__}, not a string")
+        elif len(text) > max_chars:
+            problems.append(f"texts[{i}] has {len(text)} characters, more than max_chars={max_chars}")
+    return problems

@@ -1,0 +1,277 @@
+"""The Serve application over real HTTP on 127.0.0.1: localization, the error table, replica survival,
+tenant isolation, LoRA base sharing, key revocation, alias follow with zero failures, metrics.
+
+Models are tiny constant-answer exports registered in a SQLite registry (no training); one
+TenantModel and one Ingress replica with 0.25 CPU each run on the shared 2-CPU test Ray.
+"""
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+from ray import serve as ray_serve
+
+from serve._app import APP_NAME, build_app
+from serve._config import AppSpec, ServeConfig
+from serve._keys import KeyStore
+from tests.integration.conftest import wait_for
+from tests.registry_helpers import sqlite_registry
+from tests.serve_helpers import calibrated_top_score, constant_export, register
+
+REFRESH_S = 1.0
+TEXT = "gold is up 150% in after-hours trading"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tiny_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-app")
+    exports = {(m, a): constant_export(tiny_base, root / "exports" / f"{m}-{a}", a, m)
+               for m in ("full", "lora") for a in ("positive", "negative")}
+    reg = sqlite_registry(root / "store")
+    versions = {"john": register(reg, "john", exports[("full", "positive")]),     # long gold
+                "jane": register(reg, "jane", exports[("lora", "negative")]),     # short gold, LoRA
+                "ann": register(reg, "ann", exports[("lora", "positive")]),       # LoRA on the same base
+                "bob": register(reg, "bob", exports[("full", "positive")]),       # artifact corrupted below
+                "dave": register(reg, "dave", exports[("full", "positive")])}     # promote/rollback
+    register(reg, "dave", exports[("full", "negative")], promote=False)           # dave v2: challenger
+    register(reg, "carl", exports[("full", "positive")], promote=False)           # no champion
+    store = KeyStore(f"sqlite:///{root / 'keys.db'}")
+    keys = {t: store.create(t)["key"] for t in ("john", "jane", "bob", "dave")}
+    keys["admin"] = store.create(None, admin=True)["key"]
+    config = ServeConfig(model={"num_cpus": 0.25, "load_retry_initial_s": 0.5, "load_retry_max_s": 2.0},
+                         ingress={"num_cpus": 0.25}, cache_dir=str(root / "replica-cache"))
+    spec = AppSpec(config=config, tracking_uri=reg.tracking_uri, artifact_root=reg.artifact_root,
+                   keys_url=store.url, refresh_s=REFRESH_S, keys_refresh_s=1.0)
+    port = _free_port()
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray_serve.run(build_app(spec), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(base_url=url, timeout=60.0) as client:
+        wait_for(lambda: _status(client, "/readyz") == 200, 120, "/readyz to answer 200")
+        yield {"client": client, "keys": keys, "store": store, "reg": reg, "versions": versions, "url": url}
+    ray_serve.delete(APP_NAME)
+    ray_serve.shutdown()
+
+
+def _status(client, path):
+    try:
+        return client.get(path).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def predict(served, tenant, texts=(TEXT,), key=None, **kwargs):
+    key = served["keys"]["admin"] if key is None else key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if "content" not in kwargs and "json" not in kwargs:
+        kwargs["json"] = {"texts": list(texts)}
+    return served["client"].post(f"/v1/tenants/{tenant}/predict", headers=headers, **kwargs)
+
+
+def test_localization_one_endpoint_opposite_labels(served):
+    john = predict(served, "john", key=served["keys"]["john"])
+    jane = predict(served, "jane", key=served["keys"]["jane"])
+    assert john.status_code == jane.status_code == 200
+    assert john.headers["x-attune-model-version"] == john.json()["model_version"] == served["versions"]["john"]
+    assert jane.headers["x-attune-model-version"] == served["versions"]["jane"]
+    (jp,), (np_,) = john.json()["predictions"], jane.json()["predictions"]
+    assert (jp["label"], np_["label"]) == ("positive", "negative")
+    # calibrated with the version's temperature (1.7), not raw softmax
+    assert jp["scores"]["positive"] == pytest.approx(calibrated_top_score(), abs=1e-4)
+    assert sum(jp["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_tenant_info(served):
+    resp = served["client"].get("/v1/tenants/john", headers={"Authorization": f"Bearer {served['keys']['john']}"})
+    body = resp.json()
+    assert resp.status_code == 200 and body["model_version"] == served["versions"]["john"]
+    assert body["labels"] == ["negative", "positive"] and body["metrics"]["test_macro_f1"] == 0.9
+    assert body["promoted_at"] and body["temperature"] == 1.7
+    assert served["client"].get("/v1/tenants/john").status_code == 401
+
+
+BAD_REQUESTS = [  # (tenant, key name or raw key, kwargs, status, code)
+    ("john", "", {}, 401, "unauthorized"),
+    ("john", "atn_000000000000_wrong", {}, 401, "unauthorized"),
+    ("jane", "john", {}, 403, "forbidden"),
+    ("ghost", "admin", {}, 404, "unknown_tenant"),
+    ("Not A Tenant!", "admin", {}, 404, "unknown_tenant"),
+    ("carl", "admin", {}, 409, "no_champion"),
+    ("john", "john", {"content": b'{"texts": ["' + b"x" * (1024 * 1024) + b'"]}'}, 413, "payload_too_large"),
+    ("john", "john", {"content": b"{not json"}, 422, "invalid_body"),
+    ("john", "john", {"json": {"text": ["a"]}}, 422, "invalid_body"),
+    ("john", "john", {"json": {"texts": "a"}}, 422, "invalid_body"),
+    ("john", "john", {"json": {"texts": ["a", 1]}}, 422, "invalid_body"),
+    ("john", "john", {"json": {"texts": []}}, 422, "invalid_body"),
+    ("john", "john", {"json": {"texts": ["a"] * 65}}, 422, "invalid_body"),
+    ("john", "john", {"json": {"texts": ["x" * 10_001]}}, 422, "invalid_body"),
+]
+
+
+def _send_bad(served, case):
+    tenant, who, kwargs, _, _ = case
+    key = served["keys"].get(who, who)
+    return predict(served, tenant, key=key if key else "", **kwargs)
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=lambda c: f"{c[3]}-{c[0]}-{list(c[2]) or 'auth'}")
+def test_error_table(served, case):
+    resp = _send_bad(served, case)
+    assert resp.status_code == case[3], resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and body["error"]["code"] == case[4] and body["error"]["message"]
+
+
+def test_replica_survives_200_mixed_bad_requests(served):
+    statuses = [_send_bad(served, BAD_REQUESTS[i % len(BAD_REQUESTS)]).status_code for i in range(200)]
+    assert set(statuses) == {401, 403, 404, 409, 413, 422}
+    good = predict(served, "john", key=served["keys"]["john"])
+    assert good.status_code == 200 and good.json()["predictions"][0]["label"] == "positive"
+
+
+def test_every_cross_tenant_key_is_403(served):
+    tenants = ["john", "jane", "bob", "dave"]
+    results = {(owner, target): predict(served, target, key=served["keys"][owner]).status_code
+               for owner in tenants for target in tenants + ["ann", "carl", "ghost"] if owner != target}
+    assert set(results.values()) == {403}, results
+
+
+def _corrupt(reg, tenant) -> tuple[Path, bytes]:
+    info = reg.get_version(tenant, "champion")
+    target = Path(info.source.removeprefix("file://")) / "config.json"
+    original = target.read_bytes()
+    target.write_bytes(original + b" ")
+    return target, original
+
+
+def test_corrupt_artifact_is_503_for_that_tenant_only_and_is_retried(served):
+    target, original = _corrupt(served["reg"], "bob")
+    try:
+        first = predict(served, "bob", key=served["keys"]["bob"])
+        assert first.status_code == 503 and first.json()["error"]["code"] == "model_unavailable"
+        assert "checksum" in first.json()["error"]["message"]
+        again = predict(served, "bob", key=served["keys"]["bob"])  # backing off: answered at once
+        assert again.status_code == 503 and "next attempt" in again.json()["error"]["message"]
+        for tenant in ("john", "jane"):
+            assert predict(served, tenant).status_code == 200
+    finally:
+        target.write_bytes(original)
+    # not cached forever: once the artifact is whole again a retry after the back-off loads it
+    wait_for(lambda: predict(served, "bob").status_code == 200, 15, "bob to load after the back-off")
+
+
+def test_lora_tenants_share_the_base_in_the_replica(served):
+    assert predict(served, "ann").json()["predictions"][0]["label"] == "positive"
+    assert predict(served, "jane").json()["predictions"][0]["label"] == "negative"
+    stats = ray_serve.get_deployment_handle("TenantModel", app_name=APP_NAME).stats.remote().result()
+    jane_id, ann_id = f"jane:{served['versions']['jane']}", f"ann:{served['versions']['ann']}"
+    jane, ann = stats["models"][jane_id], stats["models"][ann_id]
+    assert jane["kind"] == ann["kind"] == "LoraPredictor"
+    assert jane["base_encoder_id"] == ann["base_encoder_id"] is not None
+    assert len(stats["bases"]) == 1
+    (base,) = stats["bases"].values()
+    assert {jane_id, ann_id} <= set(base["adapters"])
+
+
+def test_revoked_key_is_rejected_within_ten_seconds(served):
+    created = served["store"].create("john")
+    assert predict(served, "john", key=created["key"]).status_code == 200
+    served["store"].revoke(created["key_id"])
+    revoked_at = time.monotonic()
+    wait_for(lambda: predict(served, "john", key=created["key"]).status_code == 401, 10, "revocation")
+    assert time.monotonic() - revoked_at < 10
+
+
+def test_promote_and_rollback_are_followed_with_zero_failures(served):
+    reg, key = served["reg"], served["keys"]["dave"]
+    v1 = served["versions"]["dave"]
+    v2 = str(int(v1) + 1)
+    seen, failures = [], []
+
+    def run_until(version, started, limit_s):
+        """~20 req/s until ``version`` is served; returns seconds from ``started`` to the switch."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            tick = time.monotonic()
+            resp = predict(served, "dave", key=key)
+            if resp.status_code != 200:
+                failures.append((resp.status_code, resp.text))
+            else:
+                seen.append(resp.headers["x-attune-model-version"])
+                if seen[-1] == version:
+                    return time.monotonic() - started
+            time.sleep(max(0.0, 0.05 - (time.monotonic() - tick)))
+        return None
+
+    assert run_until(v1, time.monotonic(), 5) is not None
+    started = time.monotonic()
+    reg.promote("dave", v2, reason="test")
+    to_v2 = run_until(v2, started, REFRESH_S + 5)
+    started = time.monotonic()
+    reg.rollback("dave")
+    to_v1 = run_until(v1, started, REFRESH_S + 5)
+    assert failures == []
+    assert to_v2 is not None and to_v2 <= REFRESH_S + 1, to_v2
+    assert to_v1 is not None and to_v1 <= REFRESH_S + 1, to_v1
+    assert predict(served, "dave", key=key).json()["predictions"][0]["label"] == "positive"  # v1 answers positive
+
+
+def test_health_and_openapi(served):
+    client = served["client"]
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    doc = client.get("/docs").json()
+    assert doc["openapi"].startswith("3.") and doc["info"]["title"] == "attune"
+    assert {"/v1/tenants/{tenant}/predict", "/v1/tenants/{tenant}", "/healthz", "/readyz"} <= set(doc["paths"])
+    predict_op = doc["paths"]["/v1/tenants/{tenant}/predict"]["post"]
+    assert predict_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["texts"]
+    assert {"200", "401", "403", "404", "409", "413", "422", "503"} <= set(predict_op["responses"])
+    _check_refs(doc, doc)
+    from openapi_spec_validator import validate
+
+    validate(doc)  # raises on any OpenAPI 3 schema violation
+    assert "swagger" in client.get("/docs", headers={"accept": "text/html"}).text.lower()
+    assert client.get("/nope").json()["error"]["code"] == "not_found"
+
+
+def _check_refs(node, doc):
+    """Every ``$ref`` in the document points at an existing component."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if ref is not None:
+            target = doc
+            for part in ref.removeprefix("#/").split("/"):
+                assert part in target, f"dangling $ref {ref}"
+                target = target[part]
+        for value in node.values():
+            _check_refs(value, doc)
+    elif isinstance(node, list):
+        for value in node:
+            _check_refs(value, doc)
+
+
+def test_per_tenant_metrics_reach_prometheus(served):
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        wanted = ('attune_requests_total{', 'tenant="john"', "attune_request_latency_ms_bucket",
+                  "attune_model_loads_total", "attune_model_load_seconds", "attune_model_cache_total",
+                  'status="503"', 'status="401"', 'outcome="error"', 'result="hit"', 'result="miss"')
+        return text if all(w in text for w in wanted) else None
+
+    text = wait_for(scrape, 40, "attune metrics on Ray's Prometheus endpoint", interval_s=1.0)
+    assert 'tenant="_unauthorized"' in text  # no free-form tenant tags before authentication

@@ -1,0 +1,121 @@
+"""API keys: salted hashes only, verification, revocation through the TTL cache, tenant scoping (no Ray)."""
+from __future__ import annotations
+
+import pytest
+
+from cluster import get_settings
+from serve._auth import Authenticator, authorize
+from serve._errors import ForbiddenError, UnauthorizedError
+from serve._keys import KeyStore, KeyStoreError, hash_secret, keys_url, split_key, verify_secret
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path) -> KeyStore:
+    return KeyStore(f"sqlite:///{tmp_path / 'keys.db'}")
+
+
+def test_only_a_salted_hash_is_stored(store, tmp_path):
+    created = store.create("john")
+    key_id, secret = split_key(created["key"])
+    assert created["key_id"] == key_id and created["tenant"] == "john" and not created["admin"]
+    raw = (tmp_path / "keys.db").read_bytes()
+    assert secret.encode() not in raw and created["key"].encode() not in raw
+    assert hash_secret(secret) != hash_secret(secret)  # a fresh salt every time
+    assert "secret_hash" not in store.list()[0]
+
+
+def test_hash_round_trip():
+    stored = hash_secret("s3cret", iterations=1000)
+    assert verify_secret("s3cret", stored) and not verify_secret("s3cret!", stored)
+    assert not verify_secret("s3cret", "md5$1$00$00") and not verify_secret("x", "garbage")
+
+
+def test_verify_revoke_and_admin(store):
+    john, admin = store.create("john"), store.create(None, admin=True)
+    assert store.verify(john["key"]).tenant == "john"
+    assert store.verify(admin["key"]).admin
+    assert store.verify(john["key"][:-1] + ("A" if john["key"][-1] != "A" else "B")) is None
+    assert store.verify("not-a-key") is None and store.verify(f"atn_{'0' * 12}_x") is None
+    assert store.revoke(john["key_id"])["revoked_at"]
+    assert store.verify(john["key"]) is None and store.count_active() == 1
+    with pytest.raises(KeyStoreError, match="no key with id"):
+        store.revoke("nope")
+    with pytest.raises(KeyStoreError, match="either for one tenant"):
+        store.create("john", admin=True)
+
+
+def test_revocation_is_seen_within_the_ttl(store):
+    clock = Clock()
+    auth = Authenticator(store, ttl_s=5.0, clock=clock)
+    created = store.create("john")
+    header = f"Bearer {created['key']}"
+    assert auth.authenticate(header).tenant == "john"
+    store.revoke(created["key_id"])
+    clock.now += 4.9
+    assert auth.authenticate(header).tenant == "john"  # still cached
+    assert not auth.needs_store(header)
+    clock.now += 0.2
+    assert auth.needs_store(header)
+    with pytest.raises(UnauthorizedError, match="invalid or revoked"):
+        auth.authenticate(header)
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer atn_nothing"])
+def test_missing_or_malformed_keys_are_401(store, header):
+    with pytest.raises(UnauthorizedError) as err:
+        Authenticator(store, ttl_s=1.0).authenticate(header)
+    assert err.value.http_status == 401
+
+
+def test_cross_tenant_is_403_and_admin_may_call_anyone(store):
+    auth = Authenticator(store, ttl_s=1.0)
+    john = auth.authenticate(f"Bearer {store.create('john')['key']}")
+    admin = auth.authenticate(f"Bearer {store.create(None, admin=True)['key']}")
+    authorize(john, "john")
+    authorize(admin, "jane")
+    with pytest.raises(ForbiddenError) as err:
+        authorize(john, "jane")
+    assert err.value.http_status == 403 and "another tenant" in err.value.message
+
+
+def test_insecure_mode_needs_no_key():
+    principal = Authenticator(None, ttl_s=1.0, insecure_no_auth=True).authenticate(None)
+    assert principal.admin and principal.may_call("anyone")
+
+
+def test_keys_live_with_a_postgres_registry_else_in_attune_home(tmp_path):
+    pg = "postgresql+psycopg2://u:p@db/attune"
+    assert keys_url(get_settings({"ATTUNE_HOME": str(tmp_path), "ATTUNE_MLFLOW_TRACKING_URI": pg})) == pg
+    assert keys_url(get_settings({"ATTUNE_MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                                  "ATTUNE_MLFLOW_BACKEND_STORE_URI": pg})) == pg
+    assert keys_url(get_settings({"ATTUNE_KEYS_DB_URL": "sqlite:////x/k.db",
+                                  "ATTUNE_MLFLOW_TRACKING_URI": pg})) == "sqlite:////x/k.db"
+    assert keys_url(get_settings({"ATTUNE_HOME": str(tmp_path)})) == f"sqlite:///{tmp_path.resolve()}/keys.db"
+
+
+def test_cli_create_prints_the_key_once_and_revoke(tmp_path, monkeypatch, capsys):
+    import json
+
+    from cluster.cli import main
+
+    monkeypatch.setenv("ATTUNE_HOME", str(tmp_path))
+    assert main(["keys", "create", "--tenant", "john", "--json"]) == 0
+    created = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(created) == {"tenant", "key_id", "key", "admin"} and created["tenant"] == "john"
+    assert main(["keys", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["keys"]
+    assert [k["key_id"] for k in listed] == [created["key_id"]] and created["key"] not in json.dumps(listed)
+    assert main(["keys", "revoke", created["key_id"]]) == 0
+    assert "revoked key" in capsys.readouterr().out
+    assert KeyStore(keys_url(get_settings())).verify(created["key"]) is None
+    assert main(["keys", "create", "--admin", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["admin"] is True
+    assert main(["keys", "create", "--tenant", "Bad Name!"]) == 2
