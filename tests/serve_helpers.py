@@ -1,8 +1,12 @@
-"""Helpers for serve tests: tiny exported models that always answer one label, registered without training."""
+"""Helpers for serve tests: tiny exported models that always answer one label, registered without
+training, and the Serve application deployed on the test Ray with HTTP on 127.0.0.1."""
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 from pathlib import Path
+from typing import Iterator, Optional
 
 from registry import Registry
 from tests.registry_helpers import record
@@ -49,3 +53,51 @@ def register(reg: Registry, tenant: str, model_dir: Path, promote: bool = True) 
     if promote:
         reg.promote(tenant, version)
     return version
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_spec(reg: Registry, root: Path, keys_url: Optional[str] = None, refresh_s: float = 1.0, **model):
+    """An ``AppSpec`` sized for the shared 2-CPU test Ray: one TenantModel and one Ingress replica,
+    0.25 CPU each, quick load retries; no ``keys_url`` means ``--insecure-no-auth``."""
+    from serve._config import AppSpec, ServeConfig
+
+    config = ServeConfig(model={"num_cpus": 0.25, "load_retry_initial_s": 0.5, "load_retry_max_s": 2.0, **model},
+                         ingress={"num_cpus": 0.25}, cache_dir=str(root / "replica-cache"))
+    return AppSpec(config=config, tracking_uri=reg.tracking_uri, artifact_root=reg.artifact_root,
+                   keys_url=keys_url, refresh_s=refresh_s, keys_refresh_s=1.0, insecure_no_auth=keys_url is None)
+
+
+def http_status(client, path: str) -> Optional[int]:
+    import httpx
+
+    try:
+        return client.get(path).status_code
+    except httpx.HTTPError:
+        return None
+
+
+@contextlib.contextmanager
+def running_app(spec, ready_timeout_s: float = 120.0) -> Iterator:
+    """Serve on a free 127.0.0.1 port with the ``attune`` app deployed; yields an ``httpx.Client``
+    on its URL once ``/readyz`` answers 200, and removes the app and Serve afterwards."""
+    import httpx
+    from ray import serve as ray_serve
+
+    from serve._app import APP_NAME, build_app
+    from tests.integration.conftest import wait_for
+
+    port = free_port()
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        ray_serve.run(build_app(spec), name=APP_NAME, route_prefix="/", blocking=False)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0) as client:
+            wait_for(lambda: http_status(client, "/readyz") == 200, ready_timeout_s, "/readyz to answer 200")
+            yield client
+    finally:
+        ray_serve.delete(APP_NAME)
+        ray_serve.shutdown()

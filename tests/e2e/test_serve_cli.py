@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,10 @@ import httpx
 import pytest
 
 from tests.registry_helpers import sqlite_registry
-from tests.serve_helpers import constant_export, register
+from tests.serve_helpers import constant_export, free_port, register
 
 pytestmark = pytest.mark.e2e
 ATTUNE = str(Path(sys.executable).with_name("attune"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def attune(env, *args, timeout=240, check=True) -> subprocess.CompletedProcess:
@@ -43,7 +36,7 @@ def test_serve_up_detached_status_and_down(tmp_path, tiny_base):
     config.write_text(f"model: {{num_cpus: 0.25}}\ningress: {{num_cpus: 0.25}}\ncache_dir: {tmp_path / 'cache'}\n")
     env = {**os.environ, "ATTUNE_HOME": str(home), "ATTUNE_RAY_NUM_CPUS": "2", "ATTUNE_SERVE_REFRESH_S": "1"}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
 
     key = last_json(attune(env, "keys", "create", "--tenant", "john", "--json"))
     assert key["tenant"] == "john" and key["key"].startswith("atn_")

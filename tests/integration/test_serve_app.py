@@ -6,30 +6,21 @@ TenantModel and one Ingress replica with 0.25 CPU each run on the shared 2-CPU t
 """
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from pathlib import Path
 
-import httpx
 import pytest
 from ray import serve as ray_serve
 
-from serve._app import APP_NAME, build_app
-from serve._config import AppSpec, ServeConfig
+from serve._app import APP_NAME
 from serve._keys import KeyStore
 from tests.integration.conftest import wait_for
 from tests.registry_helpers import sqlite_registry
-from tests.serve_helpers import calibrated_top_score, constant_export, register
+from tests.serve_helpers import app_spec, calibrated_top_score, constant_export, register, running_app
 
 REFRESH_S = 1.0
 TEXT = "gold is up 150% in after-hours trading"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,26 +39,9 @@ def served(ray_session, tiny_base, tmp_path_factory):
     store = KeyStore(f"sqlite:///{root / 'keys.db'}")
     keys = {t: store.create(t)["key"] for t in ("john", "jane", "bob", "dave")}
     keys["admin"] = store.create(None, admin=True)["key"]
-    config = ServeConfig(model={"num_cpus": 0.25, "load_retry_initial_s": 0.5, "load_retry_max_s": 2.0},
-                         ingress={"num_cpus": 0.25}, cache_dir=str(root / "replica-cache"))
-    spec = AppSpec(config=config, tracking_uri=reg.tracking_uri, artifact_root=reg.artifact_root,
-                   keys_url=store.url, refresh_s=REFRESH_S, keys_refresh_s=1.0)
-    port = _free_port()
-    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-    ray_serve.run(build_app(spec), name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url, timeout=60.0) as client:
-        wait_for(lambda: _status(client, "/readyz") == 200, 120, "/readyz to answer 200")
-        yield {"client": client, "keys": keys, "store": store, "reg": reg, "versions": versions, "url": url}
-    ray_serve.delete(APP_NAME)
-    ray_serve.shutdown()
-
-
-def _status(client, path):
-    try:
-        return client.get(path).status_code
-    except httpx.HTTPError:
-        return None
+    with running_app(app_spec(reg, root, keys_url=store.url, refresh_s=REFRESH_S)) as client:
+        yield {"client": client, "keys": keys, "store": store, "reg": reg, "versions": versions,
+               "url": str(client.base_url).rstrip("/")}
 
 
 def predict(served, tenant, texts=(TEXT,), key=None, **kwargs):
