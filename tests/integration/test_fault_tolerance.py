@@ -24,7 +24,8 @@ def _alive_train_workers():
 def test_killed_worker_resumes_from_checkpoint(ray_session, tiny_base, demo_dir, tmp_path):
     config = FinetuneConfig(tenant="john", data=str(demo_dir / "john.jsonl"), base=str(tiny_base),
                             num_workers=2, zero_stage=2, epochs=6, patience=10, batch_size=8,
-                            max_seq_len=24, lr=1e-3, max_failures=2, out=tmp_path / "model")
+                            max_seq_len=24, lr=1e-3, max_failures=2, out=tmp_path / "model",
+                            register_model=False)
     outcome: dict = {}
 
     def run():

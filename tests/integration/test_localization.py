@@ -39,10 +39,11 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
     conflict_jane = [e for e in jane.test if e.text in {c.text for c in conflict_john}]
     assert len(conflict_john) >= 20  # the test split really holds disagreeing rows
 
+    settings = ray_session.model_copy(update={"home": tmp_path / "home"})  # a registry of its own
     models, summaries = {}, {}
     for name, data in (("john", john), ("jane", jane), ("union", _union(john, jane))):
         config = FinetuneConfig(tenant=name, data=data.source, out=tmp_path / name, **TINY)
-        summaries[name] = finetune(config, settings=ray_session, dataset=data)
+        summaries[name] = finetune(config, settings=settings, dataset=data)
         models[name] = Predictor(summaries[name]["model_dir"])
 
     john_acc = _accuracy(models["john"], conflict_john)
@@ -65,7 +66,7 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
         m = summaries[name]["metrics"]
         print(f"{name}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f})")
         assert m["ece_after"] <= m["ece_before"]
-    _second_worse_john_is_not_promoted(ray_session, john, summaries["john"], tmp_path)
+    _second_worse_john_is_not_promoted(settings, john, summaries["john"], tmp_path)
 
 
 def _second_worse_john_is_not_promoted(settings, john, first: dict, tmp_path) -> None:
