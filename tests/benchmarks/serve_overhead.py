@@ -284,7 +284,8 @@ def main() -> None:
           f"model.batch_wait_timeout_s {model_cfg['batch_wait_timeout_s']}, model.num_cpus {model_cfg['num_cpus']})")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-                                         "attune_model_config": model_cfg, "added_p50_ms": added_p50, "throughput_ratio": ratio}, indent=2))
+                                         "attune_model_config": model_cfg, "added_p50_ms": added_p50,
+                                         "throughput_ratio": ratio}, indent=2))
     print(f"attune vs baseline: added p50 {added_p50:+.2f} ms (goal <= 5 ms); "
           f"throughput ratio attune/baseline {ratio:.3f}x (goal >= 0.8x)")
 

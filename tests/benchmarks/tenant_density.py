@@ -247,8 +247,8 @@ def zipf_ranks(tenants: int, requests: int, s: float, seed: int = 0) -> np.ndarr
 # -- report -----------------------------------------------------------------------------------------
 
 def table(res: dict) -> list[str]:
-    lines = [f"{'tenants':<34} {'RSS MiB/tenant':>14} {'param MiB':>9} {'cold p50 ms':>11} {'cold p99 ms':>11} {'loader p50':>10} "
-             f"{'zipf hit':>8} {'zipf p50 ms':>11} {'zipf p99 ms':>11}"]
+    lines = [f"{'tenants':<34} {'RSS MiB/tenant':>14} {'param MiB':>9} {'cold p50 ms':>11} {'cold p99 ms':>11} "
+             f"{'loader p50':>10} {'zipf hit':>8} {'zipf p50 ms':>11} {'zipf p99 ms':>11}"]
     for kind, name in (("lora", "LoRA r=8 on shared base"), ("full", "full model (baseline)")):
         mem, zipf = res["resident"][kind], res["zipf"][kind]
         lines.append(f"{name:<34} {mem['mib_per_tenant']:>14.2f} {mem['param_mib_per_tenant']:>9.2f} "
@@ -256,6 +256,31 @@ def table(res: dict) -> list[str]:
                      f"{mem['load_p99_ms']:>11.1f} {mem['loader_p50_ms']:>10.1f} {zipf['hit_rate']:>8.3f} "
                      f"{zipf['p50_ms']:>11.1f} {zipf['p99_ms']:>11.1f}")
     return lines
+
+
+def report(res: dict, args) -> list[str]:
+    lora, full, zipf = res["resident"]["lora"], res["resident"]["full"], res["zipf"]
+    return table(res) + [
+        f"shared MiniLM base (once per replica): load {res['base']['load_ms']:.0f} ms, RSS "
+        f"+{res['base']['rss_mib']:.0f} MiB ({res['base']['param_mib']:.0f} MiB of parameters)",
+        f"{lora['tenants']} LoRA tenants resident at once: +{lora['rss_growth_mib']:.0f} MiB above the base "
+        f"(goal <= 1024 MiB), {lora['distinct_answers']} distinct answers; LoRA cold load p50 "
+        f"{lora['load_p50_ms']:.0f} ms (goal <= 100 ms), of which loading {lora['loader_p50_ms']:.0f} ms",
+        f"full tenants' weights are memory-mapped: RSS counts the pages serving touched (RssFile "
+        f"+{full['file_growth_mib']:.0f} MiB, RssAnon +{full['anon_growth_mib']:.0f} MiB for {full['tenants']}); "
+        "param MiB is what a tenant holds once every page is touched",
+        f"Zipf s={args.zipf_s} over {args.tenants} tenants, {args.requests} requests, cache {args.cache_size} "
+        f"(Ray Serve's LRU; the same request sequence for both kinds): miss p50 LoRA "
+        f"{zipf['lora']['miss_p50_ms']:.0f} ms vs full {zipf['full']['miss_p50_ms']:.0f} ms; "
+        f"torch threads {args.threads}, {os.cpu_count()} CPUs"]
+
+
+def ratios(res: dict) -> str:
+    lora, full, zipf = res["resident"]["lora"], res["resident"]["full"], res["zipf"]
+    return (f"ratios LoRA/full: RSS per tenant {lora['mib_per_tenant'] / full['mib_per_tenant']:.3f}x, "
+            f"params per tenant {lora['param_mib_per_tenant'] / full['param_mib_per_tenant']:.4f}x, "
+            f"cold load p50 {lora['load_p50_ms'] / full['load_p50_ms']:.3f}x, "
+            f"Zipf p99 {zipf['lora']['p99_ms'] / zipf['full']['p99_ms']:.3f}x")
 
 
 def main() -> None:
@@ -268,6 +293,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    if not 1 <= args.full_resident <= args.tenants:
+        parser.error(f"--full-resident must be between 1 and --tenants ({args.tenants})")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # as on a replica (cluster's worker env)
     import torch
@@ -291,7 +318,7 @@ def main() -> None:
         started = time.perf_counter()
         base = replica.loader.base("minilm")
         load_ms = (time.perf_counter() - started) * 1000
-        with torch.no_grad():  # touch every weight, as serving does
+        with torch.no_grad():  # page in the weights a request touches (embeddings: only the rows it uses)
             base.encoder(**base.tokenizer([TEXT], return_tensors="pt"))
         res["base"] = {"load_ms": load_ms,
                        "rss_mib": (memory()["VmRSS"] - start["VmRSS"]) / MIB,
@@ -306,28 +333,11 @@ def main() -> None:
             res["zipf"][kind] = asyncio.run(zipf_run(replica, ids[kind], ranks, args.cache_size))
             log(f"Zipf over {kind} tenants done")
 
-    lora, full = res["resident"]["lora"], res["resident"]["full"]
-    for line in table(res):
+    for line in report(res, args):
         print(line)
-    print(f"shared MiniLM base (once per replica): load {res['base']['load_ms']:.0f} ms, RSS "
-          f"+{res['base']['rss_mib']:.0f} MiB ({res['base']['param_mib']:.0f} MiB of parameters)")
-    print(f"{lora['tenants']} LoRA tenants resident at once: +{lora['rss_growth_mib']:.0f} MiB above the base "
-          f"(goal <= 1024 MiB), {lora['distinct_answers']} distinct answers; LoRA cold load p50 "
-          f"{lora['load_p50_ms']:.0f} ms (goal <= 100 ms), of which loading {lora['loader_p50_ms']:.0f} ms")
-    zipf = res["zipf"]["lora"]
-    print(f"Zipf s={args.zipf_s} over {args.tenants} tenants, {args.requests} requests, cache "
-          f"{args.cache_size}: hit rate {zipf['hit_rate']:.3f} (same sequence and LRU for both kinds); "
-          f"miss p50 LoRA {zipf['miss_p50_ms']:.0f} ms vs full {res['zipf']['full']['miss_p50_ms']:.0f} ms; "
-          f"torch threads {args.threads}, {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
-    print(f"full tenants' weights are memory-mapped: RSS counts the pages serving touched (RssFile "
-          f"+{full['file_growth_mib']:.0f} MiB, RssAnon +{full['anon_growth_mib']:.0f} MiB for {full['tenants']}); "
-          "param MiB is what a tenant holds once every page is touched")
-    print(f"ratios LoRA/full: RSS per tenant {lora['mib_per_tenant'] / full['mib_per_tenant']:.3f}x, "
-          f"params per tenant {lora['param_mib_per_tenant'] / full['param_mib_per_tenant']:.4f}x, "
-          f"cold load p50 {lora['load_p50_ms'] / full['load_p50_ms']:.3f}x, "
-          f"Zipf p99 {zipf['p99_ms'] / res['zipf']['full']['p99_ms']:.3f}x")
+    print(ratios(res))
 
 
 if __name__ == "__main__":
