@@ -44,6 +44,15 @@ def emit_json(payload: dict) -> None:
     print(json.dumps(payload, default=str), flush=True)
 
 
+def emit(args: argparse.Namespace, payload: dict, text: str) -> int:
+    """``--json``: ``payload`` as the last stdout line; otherwise the human-readable ``text``."""
+    if args.json:
+        emit_json(payload)
+    else:
+        print(text)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

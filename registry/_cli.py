@@ -44,13 +44,9 @@ def _registry(args):
 
 
 def _out(args, payload: dict, text: str) -> int:
-    from cluster.cli import emit_json
+    from cluster.cli import emit
 
-    if args.json:
-        emit_json(payload)
-    else:
-        print(text)
-    return 0
+    return emit(args, payload, text)
 
 
 def _run_list(args: argparse.Namespace) -> int:

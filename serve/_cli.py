@@ -62,13 +62,9 @@ def _settings(args):
 
 
 def _out(args, payload: dict, text: str) -> int:
-    from cluster.cli import emit_json
+    from cluster.cli import emit
 
-    if args.json:
-        emit_json(payload)
-    else:
-        print(text)
-    return 0
+    return emit(args, payload, text)
 
 
 def _store(settings):
