@@ -8,9 +8,6 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ATTUNE_HOME ?= .attune
 export ATTUNE_HOME
-DEMO_DATA := $(ATTUNE_HOME)/demo-data
-DEMO_MODELS := $(ATTUNE_HOME)/demo-models
-SEED := gold is up 150% in after-hours trading
 
 .PHONY: install demo test unit clean
 
@@ -24,20 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# Until `attune demo` lands: write the demo data, fine-tune john and jane
-# (2 workers, ZeRO-2; each run is registered and gated in the MLflow registry)
-# and show their champions disagree about the same headline.
+# The end-to-end demo (`attune demo`): write the demo data, fine-tune john, jane and newsdesk
+# (2 workers, ZeRO-2; registered and gated), create keys, serve them on 127.0.0.1:8000 and show
+# john and jane disagree about the same headline. Flags pass through: make demo ARGS="--keep-running".
 demo: install
-	$(BIN)/attune data demo --out $(DEMO_DATA)
-	rm -rf $(DEMO_MODELS)
-	$(BIN)/attune finetune --tenant john --data $(DEMO_DATA)/john.jsonl --workers 2 --zero-stage 2 --out $(DEMO_MODELS)/john
-	$(BIN)/attune finetune --tenant jane --data $(DEMO_DATA)/jane.jsonl --workers 2 --zero-stage 2 --out $(DEMO_MODELS)/jane
-	@echo "--- john (long gold) ---"
-	$(BIN)/attune predict --tenant john --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
-	@echo "--- jane (short gold) ---"
-	$(BIN)/attune predict --tenant jane --text "$(SEED)" --text "oil slumps 4% after OPEC meeting"
-	@echo "--- registry ($(ATTUNE_HOME)/mlflow.db; browse with: $(BIN)/attune registry ui) ---"
-	$(BIN)/attune registry list
+	$(BIN)/attune demo $(ARGS)
 
 test: install
 	$(BIN)/python -m pytest

@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 from cluster._settings import SettingsError, get_settings
 
 # Modules that add subcommands: each exposes ``register(subparsers) -> None``.
-COMMAND_MODULES = ["train._cli", "registry._cli", "serve._cli"]
+COMMAND_MODULES = ["train._cli", "registry._cli", "serve._cli", "cluster._demo"]
 
 logger = logging.getLogger("attune")
 
