@@ -77,43 +77,83 @@ class SharedBase:
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         self.lock = threading.Lock()
         self.adapters: set[str] = set()
-        self._lora_layers: list = []
+        self._lora_layers: dict = {}  # module path -> PEFT LoraLayer
 
     def add_adapter(self, name: str, adapter_dir: Path):
         """Inject the adapter at ``adapter_dir`` as ``name``; returns the tenant's head (a Linear)."""
         import torch
-        from peft import LoraConfig, inject_adapter_in_model
-        from peft.tuners.lora import LoraLayer
+        from peft import LoraConfig
         from safetensors.torch import load_file
 
         cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
         if cfg.get("use_dora"):
             raise ModelUnavailableError(f"{adapter_dir}: DoRA adapters are not supported by serve")
         lora_cfg = LoraConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], target_modules=cfg["target_modules"],
-                              lora_dropout=0.0, use_rslora=bool(cfg.get("use_rslora")))
+                              lora_dropout=0.0, use_rslora=bool(cfg.get("use_rslora")),
+                              init_lora_weights=False)  # the weights are loaded right after
         weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
         lora, head = _split_adapter(weights, name)
+        unpaired = [p for p in sorted({k.partition(".lora_")[0] for k in lora})
+                    if f"{p}.lora_A.{name}.weight" not in lora or f"{p}.lora_B.{name}.weight" not in lora]
+        if unpaired:
+            raise ModelUnavailableError(f"{adapter_dir}: LoRA weights come in lora_A/lora_B pairs, but {unpaired[:3]} "
+                                        "lacks one; re-export the model with `attune finetune --method lora`")
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            inject_adapter_in_model(lora_cfg, self.encoder, adapter_name=name)
-            self._lora_layers = [m for m in self.encoder.modules() if isinstance(m, LoraLayer)]
-            result = self.encoder.load_state_dict({k: v.to(self.device) for k, v in lora.items()}, strict=False)
+            try:
+                if not self._add_to_lora_layers(name, lora_cfg, lora):
+                    unexpected = self._inject(name, lora_cfg, lora)
+                    if unexpected:
+                        raise KeyError(unexpected[:3])
+            except (KeyError, RuntimeError) as exc:
+                self.adapters.add(name)
+                self._remove(name)
+                raise ModelUnavailableError(f"{adapter_dir}: adapter weights do not fit base {self.base_dir}: "
+                                            f"{exc}") from None
             self.adapters.add(name)
-        if result.unexpected_keys:
-            self.remove_adapter(name)
-            raise ModelUnavailableError(f"{adapter_dir}: adapter weights do not fit base {self.base_dir}: "
-                                        f"{result.unexpected_keys[:3]}")
         linear = torch.nn.Linear(head["weight"].shape[1], head["weight"].shape[0])
         linear.load_state_dict(head)
         return linear.to(self.device).eval()
 
+    def _add_to_lora_layers(self, name: str, lora_cfg, lora: dict) -> bool:
+        """Add ``name`` to the LoRA layers already in the encoder: no walk over the whole model.
+
+        Only possible when every module the adapter targets is already wrapped (the usual case:
+        tenants trained with the same ``target_modules``); False sends the caller to injection.
+        """
+        paths = {key.partition(".lora_")[0] for key in lora}
+        if not self._lora_layers or not paths <= self._lora_layers.keys():
+            return False
+        for path in paths:
+            self._lora_layers[path].update_layer(name, lora_cfg.r, lora_cfg.lora_alpha, lora_cfg)
+        for key, value in lora.items():
+            path, _, rest = key.partition(".lora_")
+            which, _, param = rest.partition(f".{name}.")
+            module = getattr(self._lora_layers[path], f"lora_{which}")[name]
+            getattr(module, param).data.copy_(value)
+        return True
+
+    def _inject(self, name: str, lora_cfg, lora: dict) -> list[str]:
+        """The first adapter (or one with new targets): PEFT wraps the targeted modules."""
+        from peft import inject_adapter_in_model
+        from peft.tuners.lora import LoraLayer
+
+        inject_adapter_in_model(lora_cfg, self.encoder, adapter_name=name)
+        self._lora_layers = {path: m for path, m in self.encoder.named_modules() if isinstance(m, LoraLayer)}
+        result = self.encoder.load_state_dict({k: v.to(self.device) for k, v in lora.items()}, strict=False)
+        return list(result.unexpected_keys)
+
     def remove_adapter(self, name: str) -> None:
         with self.lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if name in self.adapters:
-                for layer in self._lora_layers:
+            self._remove(name)
+
+    def _remove(self, name: str) -> None:
+        if name in self.adapters:
+            for layer in self._lora_layers.values():
+                if name in layer.lora_A:
                     layer.delete_adapter(name)
-                self.adapters.discard(name)
+            self.adapters.discard(name)
 
     def logits(self, name: str, head, texts: Sequence[str], max_seq_len: int) -> np.ndarray:
         import torch
@@ -121,7 +161,7 @@ class SharedBase:
         enc = self.tokenizer(list(texts), truncation=True, padding=True, max_length=max_seq_len,
                              return_tensors="pt").to(self.device)
         with self.lock, torch.no_grad():
-            for layer in self._lora_layers:
+            for layer in self._lora_layers.values():
                 layer.set_adapter(name)
             hidden = self.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                   token_type_ids=enc.get("token_type_ids")).last_hidden_state

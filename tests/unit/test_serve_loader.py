@@ -76,3 +76,64 @@ def test_unusable_directories_are_503(tmp_path, exports):
     (broken / "attune.json").write_text(text.replace('"base": "', '"base": "/nope/'))
     with pytest.raises(ModelUnavailableError, match="not available on this replica"):
         ModelLoader().load(broken, "x:1", temperature=1.0)
+
+
+def _random_lora_export(tiny_base, directory, seed: int):
+    """A LoRA export whose adapters and head all matter (non-zero lora_B, random head)."""
+    import torch
+
+    from train._export import build_manifest, export_model
+    from train._model import build_classifier, load_tokenizer
+
+    torch.manual_seed(seed)
+    model = build_classifier(tiny_base, LABELS, method="lora")
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "classifier" in name:
+                param.normal_(0, 0.5)
+    manifest = build_manifest(tenant="t", labels=LABELS, base=str(tiny_base), method="lora", data_hash="x",
+                              metrics={}, temperature=1.0, max_seq_len=16)
+    export_model(model, load_tokenizer(tiny_base), directory, manifest)
+    return directory
+
+
+def test_a_second_adapter_added_to_existing_lora_layers_scores_like_a_fresh_load(exports, tiny_base, tmp_path):
+    from train._export import Predictor
+
+    adapters = [_random_lora_export(tiny_base, tmp_path / f"a{seed}", seed) for seed in (1, 2)]
+    loader = ModelLoader()
+    first = loader.load(exports[("lora", "positive")], "first:1", temperature=1.0)  # wraps the layers
+    injected, inject = [], first.base._inject
+    first.base._inject = lambda *args: injected.append(args[0]) or inject(*args)  # count PEFT injections
+    loaded = []
+    for i, adapter in enumerate(adapters):  # these take the path that adds to the wrapped layers
+        loaded.append(loader.load(adapter, f"t{i}:1", temperature=1.0))
+        served = loaded[-1].predict(TEXTS)
+        reference = Predictor(adapter, base_dir=tiny_base, temperature=1.0).predict(TEXTS)
+        fresh = ModelLoader().load(adapter, "fresh:1", temperature=1.0).predict(TEXTS)
+        for ours, theirs, alone in zip(served, reference, fresh):
+            assert ours["scores"] == pytest.approx(theirs["scores"], abs=1e-5)
+            assert ours["scores"] == pytest.approx(alone["scores"], abs=1e-5)
+    assert injected == []  # both were added to the existing LoRA layers; PEFT never walked the encoder
+    assert first.base.adapters == {"first:1", "t0:1", "t1:1"}
+    assert first.predict(TEXTS[:1])[0]["label"] == "positive"
+
+
+def test_an_adapter_missing_half_of_a_lora_pair_is_503(exports, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exports[("lora", "positive")], broken)
+    path = broken / "adapter_model.safetensors"
+    weights = load_file(str(path))
+    dropped = next(k for k in weights if "lora_B" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, str(path))
+    loader = ModelLoader()
+    ok = loader.load(exports[("lora", "negative")], "ok:1", temperature=1.0)
+    with pytest.raises(ModelUnavailableError, match="lora_A/lora_B pairs"):
+        loader.load(broken, "broken:1", temperature=1.0)
+    (base,) = loader.bases.values()
+    assert base.adapters == {"ok:1"}  # the failed tenant left nothing behind
+    assert ok.predict(TEXTS[:1])[0]["label"] == "negative"
