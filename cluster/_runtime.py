@@ -67,8 +67,7 @@ def init_ray(settings: Settings, *, quiet: bool = True) -> str:
                  logging_level=logging.WARNING)
         return f"local Ray head at {head['address']}"
     if settings.ray_address:
-        runtime_env["working_dir"] = _project_root()
-        runtime_env["excludes"] = [".venv", ".attune", ".git", "*.pt", "*.bin", "*.safetensors"]
+        runtime_env = cluster_runtime_env(runtime_env)
         logger.info("connecting to Ray cluster at %s", settings.ray_address)
         try:
             ray.init(address=settings.ray_address, runtime_env=runtime_env,
@@ -102,6 +101,41 @@ def shutdown_ray() -> None:
 
 def _project_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# What never ships to a cluster with the code: environments, state, history, weights.
+CODE_EXCLUDES = [".venv", ".attune", ".git", ".pytest_cache", "__pycache__", "*.pyc", "*.pt", "*.bin",
+                 "*.safetensors", "*.egg-info"]
+# Set by Ray's job supervisor in a submitted job's driver: the job's runtime env as JSON.
+_JOB_CONFIG_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def code_dir() -> Optional[str]:
+    """The source checkout attune runs from, or None when it is installed as a package
+    (then the cluster's own installation, e.g. the container image, provides the code)."""
+    root = _project_root()
+    return root if os.path.isfile(os.path.join(root, "pyproject.toml")) else None
+
+
+def cluster_runtime_env(runtime_env: dict) -> dict:
+    """``runtime_env`` plus the project code for a remote cluster.
+
+    In the driver of a submitted job (``attune submit``, a KubeRay ``RayJob``) the job's runtime
+    env applies already: Ray refuses to merge a second ``working_dir`` or an env var set twice,
+    so only what the job lacks is added.
+    """
+    env = dict(runtime_env)
+    if _JOB_CONFIG_VAR in os.environ:
+        job_env = json.loads(os.environ[_JOB_CONFIG_VAR]).get("runtime_env") or {}
+        taken = set(job_env.get("env_vars") or {})
+        env["env_vars"] = {k: v for k, v in env.get("env_vars", {}).items() if k not in taken}
+        if not env["env_vars"]:
+            env.pop("env_vars")
+        return env
+    if code_dir() is not None:
+        env["working_dir"] = code_dir()
+        env["excludes"] = list(CODE_EXCLUDES)
+    return env
 
 
 def cluster_cpus() -> Optional[int]:

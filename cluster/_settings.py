@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_VARS: dict[str, str] = {
     "ATTUNE_HOME": "home",
     "RAY_ADDRESS": "ray_address",
+    "ATTUNE_RAY_DASHBOARD": "ray_dashboard",
     "ATTUNE_RAY_NUM_CPUS": "ray_num_cpus",
     "ATTUNE_S3_ENDPOINT_URL": "s3_endpoint_url",
     "ATTUNE_LOG_LEVEL": "log_level",
@@ -46,6 +47,9 @@ class Settings(BaseModel):
 
     home: Path = Field(default=Path(".attune"), description="All embedded state lives here.")
     ray_address: Optional[str] = Field(default=None, description="Connect to this Ray cluster.")
+    ray_dashboard: Optional[str] = Field(
+        default=None, description="Ray dashboard (Jobs API) URL for `attune submit` and `attune jobs`, "
+                                  "e.g. http://HEAD:8265")
     ray_num_cpus: Optional[int] = Field(default=None, ge=1, description="CPUs for the embedded Ray.")
     s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint.")
     log_level: str = "INFO"

@@ -15,7 +15,15 @@ from typing import Callable, Optional, Sequence
 from cluster._settings import SettingsError, get_settings
 
 # Modules that add subcommands: each exposes ``register(subparsers) -> None``.
-COMMAND_MODULES = ["train._cli", "registry._cli", "serve._cli", "cluster._demo"]
+COMMAND_MODULES = [
+    "train._cli",
+    "train._pretrain_cli",
+    "tune._cli",
+    "registry._cli",
+    "serve._cli",
+    "cluster._demo",
+    "cluster._jobs_cli",
+]
 
 logger = logging.getLogger("attune")
 

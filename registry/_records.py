@@ -56,10 +56,11 @@ class RunRecord(BaseModel):
     metrics: dict[str, float] = {}
     history: list[dict[str, float]] = []
     lineage: Lineage
+    extra_tags: dict[str, str] = Field(default={}, description="run tags beyond the lineage (e.g. a tune trial's id)")
 
     @property
     def tags(self) -> dict[str, str]:
-        return self.lineage.tags()
+        return {**self.lineage.tags(), **self.extra_tags}
 
     @property
     def version_tags(self) -> dict[str, str]:

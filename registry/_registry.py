@@ -67,8 +67,11 @@ class Registry:
         return self._write(get_or_create, f"experiment {name}")
 
     def log_run(self, experiment: str, record: RunRecord, artifacts: Optional[Path] = None,
-                parent_run_id: Optional[str] = None) -> str:
-        """One finished MLflow run: params, per-epoch and final metrics, tags, and ``artifacts/model``."""
+                parent_run_id: Optional[str] = None, status: str = "FINISHED") -> str:
+        """One ended MLflow run: params, per-epoch and final metrics, tags, and ``artifacts/model``.
+
+        ``parent_run_id`` nests it under that run; ``status`` is how it ended (FINISHED, FAILED, KILLED).
+        """
         from mlflow.entities import Metric, Param
 
         tags = dict(record.tags)
@@ -82,20 +85,73 @@ class Registry:
             now = int(time.time() * 1000)
             params = [Param(k, str(v)[:6000]) for k, v in sorted(record.params.items())]
             metrics = [Metric(k, float(v), now, 0) for k, v in record.metrics.items()]
-            for row in record.history:  # per-epoch curves: step = epoch
-                metrics += [Metric(k, float(v), now, int(row["epoch"])) for k, v in row.items()
-                            if k != "epoch" and isinstance(v, (int, float))]
+            for row in record.history:  # curves: step = the row's "step" (pretraining) or "epoch"
+                step = int(row["step"] if "step" in row else row["epoch"])
+                metrics += [Metric(k, float(v), now, step) for k, v in row.items()
+                            if k not in ("epoch", "step") and isinstance(v, (int, float))]
             for i in range(0, len(params), 100):  # MLflow's log_batch limits
                 self._write(lambda: self.client.log_batch(run_id, params=params[i:i + 100]), "log params")
             for i in range(0, len(metrics), 1000):
                 self._write(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]), "log metrics")
             if artifacts is not None:
                 self.client.log_artifacts(run_id, str(artifacts), "model")
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, status)
         except Exception as exc:
             self._abandon_run(run_id)
             raise store.wrap(exc, f"logging run for {experiment}", self.tracking_uri) from exc
         return run_id
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, str], params: dict) -> str:
+        """Open a run that stays RUNNING until :meth:`end_run` (a search's parent run)."""
+        from mlflow.entities import Param
+
+        experiment_id = self.experiment_id(experiment)
+        run = self._write(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name), "create run")
+        batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(batch), 100):
+            self._write(lambda: self.client.log_batch(run.info.run_id, params=batch[i:i + 100]), "log params")
+        return run.info.run_id
+
+    def end_run(self, run_id: str, status: str = "FINISHED", *, metrics: Optional[dict] = None,
+                params: Optional[dict] = None, tags: Optional[dict] = None,
+                documents: Optional[dict] = None) -> None:
+        """Close a run from :meth:`start_run`; ``documents`` maps artifact file names to JSON or text."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        self._write(lambda: self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+            params=[Param(k, str(v)[:6000]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]), "log results")
+        for name, content in (documents or {}).items():
+            if isinstance(content, str):
+                self.client.log_text(run_id, content, name)
+            else:
+                self.client.log_dict(run_id, content, name)
+        self._write(lambda: self.client.set_terminated(run_id, status), "end run")
+
+    def runs(self, experiment: str, parent_run_id: Optional[str] = None) -> list[dict]:
+        """The experiment's runs, or only the children of ``parent_run_id``: id, name, status, tags,
+        params and latest metrics of each, as plain dicts."""
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            return []
+        query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
+        found, token = [], None
+        while True:
+            page = self.client.search_runs([exp.experiment_id], filter_string=query, max_results=1000,
+                                           page_token=token)
+            found += [_run_dict(run) for run in page]
+            token = page.token
+            if not token:
+                return found
+
+    def get_run(self, run_id: str) -> dict:
+        return _run_dict(self.client.get_run(run_id))
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """``(step, value)`` pairs of one metric of a run, in step order."""
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
 
     def _abandon_run(self, run_id: str) -> None:
         try:
@@ -300,6 +356,11 @@ class Registry:
         from registry._erase import erase_tenant
 
         return erase_tenant(self, tenant)
+
+
+def _run_dict(run) -> dict:
+    return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+            "tags": dict(run.data.tags), "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
 
 
 def _now() -> str:

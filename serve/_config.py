@@ -43,7 +43,9 @@ class ModelConfig(BaseModel):
 
     max_models_per_replica: int = Field(default=8, ge=1, description="LRU size of a replica's model cache")
     max_batch_size: int = Field(default=8, ge=1, description="requests batched together per model")
-    batch_wait_timeout_s: float = Field(default=0.005, ge=0, le=1.0)
+    batch_wait_timeout_s: float = Field(
+        default=0.0, ge=0, le=1.0, description="how long a batch waits to fill; 0 batches only the requests "
+                                               "already queued, so a lone request never waits")
     max_ongoing_requests: int = Field(default=32, ge=1)
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
@@ -88,6 +90,8 @@ class ServeConfig(BaseModel):
     ingress: IngressConfig = IngressConfig()
     cache_dir: Optional[str] = Field(
         default=None, description="root of the per-replica model cache (default: a temp folder per replica)")
+    access_log: bool = Field(
+        default=False, description="Serve's access log line per request (proxy and replicas); costs CPU per request")
 
 
 def parse_config(data: Optional[dict], source: str = "serve config") -> ServeConfig:
@@ -117,7 +121,8 @@ def load_config(path: Optional[Path]) -> ServeConfig:
     except yaml.YAMLError as exc:
         raise ServeConfigError(f"--config {path} is not valid YAML: {exc}") from None
     if data is not None and not isinstance(data, dict):
-        raise ServeConfigError(f"--config {path} must hold a mapping with the keys model, ingress, cache_dir")
+        raise ServeConfigError(f"--config {path} must hold a mapping with the keys model, ingress, cache_dir, "
+                               "access_log")
     return parse_config(data, f"--config {path}")
 
 

@@ -78,7 +78,7 @@ class TenantModel:
             raise self.backoff.failed(model_id, exc) from None
         return await self._batched(texts, model)
 
-    @ray_serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @ray_serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def _batched(self, texts_lists: list[list[str]], models: list[TenantPredictor]) -> list[list[dict]]:
         """One forward pass for a batch of requests; Serve splits batches by model id."""
         flat = [text for texts in texts_lists for text in texts]

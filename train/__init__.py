@@ -1,4 +1,4 @@
-"""Training: tenant data, model builders and the Ray Train + DeepSpeed fine-tuning recipe."""
+"""Training: tenant data, model builders, the Ray Train + DeepSpeed fine-tuning and masked-LM pretraining recipes."""
 from train._config import FinetuneConfig, check_tenant_id
 from train._errors import ConfigError, DataValidationError, TrainError
 from train._export import Predictor, read_manifest
@@ -13,6 +13,8 @@ __all__ = [
     "read_manifest",
     "finetune",
     "load_tenant_data",
+    "PretrainConfig",
+    "pretrain",
 ]
 
 
@@ -21,6 +23,14 @@ def __getattr__(name: str):  # heavy imports (Ray, torch) only when asked for
         from train._finetune import finetune
 
         return finetune
+    if name == "pretrain":
+        from train._pretrain import pretrain
+
+        return pretrain
+    if name == "PretrainConfig":
+        from train._pretrain_config import PretrainConfig
+
+        return PretrainConfig
     if name == "load_tenant_data":
         from train._data import load_tenant_data
 

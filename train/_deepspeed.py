@@ -14,8 +14,14 @@ _TAG = "ckpt"
 
 
 def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
-              grad_accum: int = 1, world_size: int = 1, offload: str = "none") -> dict:
-    """A DeepSpeed config: fp32 on CPU, bf16 on GPU, ZeRO at ``zero_stage``."""
+              grad_accum: int = 1, world_size: int = 1, offload: str = "none",
+              param_persistence_threshold: Optional[int] = None) -> dict:
+    """A DeepSpeed config: fp32 on CPU, bf16 on GPU, ZeRO at ``zero_stage``.
+
+    ``offload="cpu"`` keeps the (partitioned) optimizer state in host memory (ZeRO-Offload).
+    ``param_persistence_threshold``: under ZeRO-3, parameters with fewer elements stay whole
+    on every rank (DeepSpeed's default is 100k, which for a tiny model is every matrix).
+    """
     zero: dict = {"stage": zero_stage}
     if zero_stage in (1, 2):
         # One all-reduce per bucket beats per-rank reduce calls on gloo (CPU). Reducing 5M-element
@@ -27,7 +33,9 @@ def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     if zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = False
-    return {
+        if param_persistence_threshold is not None:
+            zero["stage3_param_persistence_threshold"] = int(param_persistence_threshold)
+    config = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": micro_batch_size * grad_accum * world_size,
@@ -37,6 +45,9 @@ def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if "offload_optimizer" in zero:  # our torch AdamW runs on the host copy (DeepSpeedCPUAdam is optional)
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
 
 
 def init_engine(model, optimizer, scheduler, config: dict):

@@ -6,7 +6,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cluster import Settings, get_settings, init_ray
 from train._config import FinetuneConfig
@@ -48,6 +48,7 @@ def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
         "split_counts": dataset.split_counts(),
         "data_hash": dataset.data_hash,
         "train_seconds": round(train_seconds, 2),
+        "worker_nodes": summary.get("worker_nodes", []),
     }
     if config.register_model:
         output.update(_register(config, settings, dataset, out_dir, output))
@@ -88,6 +89,20 @@ def _out_dir(config: FinetuneConfig, settings: Settings) -> Path:
 
 
 def _fit(config: FinetuneConfig, settings: Settings, dataset: TenantData):
+    run_name = f"finetune-{config.tenant}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    return run_training(config, settings, dataset, run_name=run_name)
+
+
+def run_training(config: FinetuneConfig, settings: Settings, dataset: TenantData, *, run_name: str,
+                 storage_path: Optional[Path] = None, callbacks: Sequence = (),
+                 initial_checkpoint: Optional[str] = None):
+    """One Ray Train run of the fine-tuning loop: ``attune finetune`` and every ``attune tune`` trial.
+
+    ``callbacks`` are Ray Train callbacks (a tune trial forwards the workers' reports with one).
+    ``initial_checkpoint`` is a checkpoint directory of this loop to start from when the run has
+    none of its own (a trial continuing another trial's weights under PBT). Reusing ``run_name``
+    under the same ``storage_path`` resumes that run from its last checkpoint.
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -98,25 +113,29 @@ def _fit(config: FinetuneConfig, settings: Settings, dataset: TenantData):
     for name in ("train", "validation", "test"):
         if not getattr(dataset, name):
             raise TrainError(f"{config.data}: the {name} split is empty; add more rows (splits are 80/10/10)")
-    run_name = f"finetune-{config.tenant}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    loop_config = {"finetune": config.model_dump(mode="json"), "data": worker_payload(config, dataset),
+                   "log_level": settings.log_level, "progress_interval_s": settings.progress_interval_s}
+    if initial_checkpoint is not None:
+        loop_config["initial_checkpoint"] = str(initial_checkpoint)
+    storage = Path(storage_path or settings.ray_storage_dir)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"finetune": config.model_dump(mode="json"), "data": worker_payload(config, dataset),
-                           "log_level": settings.log_level, "progress_interval_s": settings.progress_interval_s},
+        train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": 1}),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=run_name,
-            storage_path=str(settings.ray_storage_dir),
+            storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=config.max_failures),
+            callbacks=list(callbacks) or None,
         ),
     )
     logger.info("fine-tuning tenant %s: %d train / %d validation / %d test rows, %d worker(s), ZeRO-%d, %s",
                 config.tenant, len(dataset.train), len(dataset.validation), len(dataset.test),
                 config.num_workers, config.zero_stage, "GPU" if use_gpu else "CPU")
-    run_dir = Path(settings.ray_storage_dir) / run_name
+    run_dir = storage / run_name
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface the cause plainly
@@ -132,16 +151,23 @@ def _collect_export(result, out_dir: Path) -> None:
     """Copy rank 0's exported model out of Ray Train storage, atomically, then drop the run."""
     if result.checkpoint is None:
         raise TrainError("training finished without an exported model; see the worker logs above")
+    try:
+        with result.checkpoint.as_directory() as directory:
+            copy_export(Path(directory) / "model", out_dir)
+    finally:
+        if result.path:
+            shutil.rmtree(result.path, ignore_errors=True)
+
+
+def copy_export(model_dir: Path, out_dir: Path) -> None:
+    """Copy an exported model directory to ``out_dir`` atomically (staged, then renamed)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        with result.checkpoint.as_directory() as directory:
-            shutil.copytree(Path(directory) / "model", staging)
+        shutil.copytree(model_dir, staging)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if result.path:
-            shutil.rmtree(result.path, ignore_errors=True)

@@ -45,7 +45,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     loader = _loader(splits["train"], cfg.batch_size, rank, world, cfg.seed, shuffle=True)
     total_steps = cfg.epochs * len(loader)
     engine, scheduler = _engine(cfg, model, total_steps, world)
-    state, best = _restore(engine, rank)
+    state, best = _restore(engine, scheduler, cfg, rank, loop_config.get("initial_checkpoint"))
     state["zero_stage"] = engine.zero_optimization_stage()
     torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
 
@@ -68,7 +68,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             logger.info("epoch %d/%d  train_loss %.4f  val_macro_f1 %.4f%s", epoch + 1, cfg.epochs,
                         train_loss, val_f1, "  (best)" if improved else "")
         _report_checkpoint(engine, rank, state, best, {"epoch": epoch + 1, "train_loss": train_loss,
-                                                       "val_macro_f1": val_f1})
+                                                       "val_macro_f1": val_f1, "train_steps": progress.step})
     return _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, data)
 
 
@@ -120,20 +120,36 @@ def _engine(cfg: FinetuneConfig, model, total_steps: int, world: int):
     return ds.init_engine(model, optimizer, scheduler, config)
 
 
-def _restore(engine, rank: int) -> tuple[dict, dict | None]:
+def _restore(engine, scheduler, cfg: FinetuneConfig, rank: int, initial: str | None) -> tuple[dict, dict | None]:
+    """The run's own last checkpoint; else ``initial`` (another run's, e.g. PBT); else a fresh state."""
     import ray.train
 
     state = {"epoch": 0, "best_val_macro_f1": -1.0, "best_epoch": 0, "bad_epochs": 0,
              "history": [], "restarts": 0, "train_samples": 0, "train_time_s": 0.0}
     checkpoint = ray.train.get_checkpoint()
+    adopted = checkpoint is None and initial is not None
+    if adopted:
+        checkpoint = ray.train.Checkpoint(initial)
     if checkpoint is None:
         return state, None
     with checkpoint.as_directory() as directory:
         state, best = ds.load_checkpoint(engine, Path(directory))
+    if adopted:  # another configuration's weights and step count; this run's lr and weight decay
+        _adopt_hyperparams(scheduler, cfg)
     state["restarts"] += 1
     if rank == 0:
         logger.info("resumed from checkpoint after epoch %d (restart %d)", state["epoch"], state["restarts"])
     return state, best
+
+
+def _adopt_hyperparams(scheduler, cfg: FinetuneConfig) -> None:
+    """Point the restored optimizer and schedule at ``cfg.lr`` and ``cfg.weight_decay``."""
+    scheduler.base_lrs = [cfg.lr for _ in scheduler.base_lrs]
+    for i, group in enumerate(scheduler.optimizer.param_groups):
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        if i == 0:  # _engine's first group decays; the second (biases, norms) stays at 0
+            group["weight_decay"] = cfg.weight_decay
 
 
 def _train_epoch(engine, loader, epoch: int, progress: "_Progress", state: dict) -> float:
@@ -227,6 +243,7 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     import ray.train
     from ray.train import Checkpoint
 
+    nodes = _worker_nodes(world)
     if rank != 0:
         ray.train.report({"done": True}, checkpoint=None)
         return None
@@ -253,7 +270,18 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
         ray.train.report({"done": True, **_flat(metrics)}, checkpoint=Checkpoint.from_directory(str(export_dir.parent)))
     finally:
         shutil.rmtree(export_dir.parent, ignore_errors=True)
-    return {"metrics": metrics, "history": state["history"], "test_logits": test_logits.tolist()}
+    return {"metrics": metrics, "history": state["history"], "test_logits": test_logits.tolist(),
+            "worker_nodes": nodes}
+
+
+def _worker_nodes(world: int) -> list[str]:
+    """Each rank's Ray node id, in rank order. A collective: every rank calls it."""
+    import ray
+    import torch.distributed as dist
+
+    gathered = [None] * world
+    dist.all_gather_object(gathered, ray.get_runtime_context().get_node_id())
+    return gathered
 
 
 def _throughput(state: dict, world: int) -> float:

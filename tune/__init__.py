@@ -1,2 +1,22 @@
-"""attune tune package (see its issue)."""
-__all__: list[str] = []
+"""Per-tenant hyperparameter search on Ray Tune: spaces, schedulers, the trial driver, best-trial hand-off."""
+from tune._errors import SpaceError, TuneError
+from tune._job import TuneJob
+from tune._space import SearchSpace, default_space, load_space
+
+__all__ = [
+    "TuneJob",
+    "SearchSpace",
+    "default_space",
+    "load_space",
+    "TuneError",
+    "SpaceError",
+    "tune_tenant",
+]
+
+
+def __getattr__(name: str):  # Ray and torch only when a search runs
+    if name == "tune_tenant":
+        from tune._tune import tune_tenant
+
+        return tune_tenant
+    raise AttributeError(name)

@@ -87,7 +87,11 @@ def start_attune(work: Path, model_dir: Path, threads: int, insecure: bool,
     url = deploy(spec, host="127.0.0.1", port=free_port())
     if not wait_ready(url, 300):
         raise SystemExit(f"attune did not become ready at {url}/readyz")
-    return url, headers, config.model.model_dump()
+    return url, headers, {**config.model.model_dump(), "access_log": config.access_log}
+
+
+def process_env(pid: int) -> dict:
+    return dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
 
 
 def replica_threads() -> str:
@@ -95,8 +99,20 @@ def replica_threads() -> str:
     from ray import serve as ray_serve
 
     pid = ray_serve.get_deployment_handle("TenantModel", app_name="attune").stats.remote().result()["pid"]
-    environ = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-    return environ.get("OMP_NUM_THREADS", "unset")
+    return process_env(pid).get("OMP_NUM_THREADS", "unset")
+
+
+def serve_flags() -> dict:
+    """The ``RAY_SERVE_*`` variables each Serve process of the app sees (controller, proxy, replicas)."""
+    import ray
+    from ray.util.state import list_actors
+
+    out = {}
+    for actor in list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")]):
+        name = actor.class_name.removeprefix("ServeReplica:attune:")
+        if actor.class_name in ("ServeController", "ProxyActor") or actor.class_name.startswith("ServeReplica:"):
+            out[name] = {k: v for k, v in sorted(process_env(actor.pid).items()) if k.startswith("RAY_SERVE_")}
+    return out
 
 
 def start_baseline(model_dir: Path, threads: int, temperature: float) -> tuple[subprocess.Popen, str]:
@@ -252,6 +268,7 @@ def main() -> None:
             threads_seen = replica_threads()
             if threads_seen != str(args.threads):
                 raise SystemExit(f"the attune replica has OMP_NUM_THREADS={threads_seen}, not {args.threads}")
+            flags = serve_flags()
             check_same_answers(sides, texts[0])
             for side in sides:  # warm both (attune loads the tenant's model on its first request)
                 sequential(side, texts, args.warmup)
@@ -281,10 +298,14 @@ def main() -> None:
           f"sides; {args.rounds} rounds x ({args.sequential} sequential + {args.clients} clients x "
           f"{args.per_client}); medians over rounds; {os.cpu_count()} CPUs")
     print(f"attune serve config: {args.config or 'defaults'} (model.max_batch_size {model_cfg['max_batch_size']}, "
-          f"model.batch_wait_timeout_s {model_cfg['batch_wait_timeout_s']}, model.num_cpus {model_cfg['num_cpus']})")
+          f"model.batch_wait_timeout_s {model_cfg['batch_wait_timeout_s']}, model.num_cpus {model_cfg['num_cpus']}, "
+          f"access_log {model_cfg['access_log']})")
+    for process, env in flags.items():
+        print(f"  {process}: {' '.join(f'{k}={v}' for k, v in env.items()) or 'no RAY_SERVE_* variables'}")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
-                                         "attune_model_config": model_cfg, "added_p50_ms": added_p50,
+                                         "attune_model_config": model_cfg, "serve_flags": flags,
+                                         "added_p50_ms": added_p50,
                                          "throughput_ratio": ratio}, indent=2))
     print(f"attune vs baseline: added p50 {added_p50:+.2f} ms (goal <= 5 ms); "
           f"throughput ratio attune/baseline {ratio:.3f}x (goal >= 0.8x)")

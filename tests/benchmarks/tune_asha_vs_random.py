@@ -1,0 +1,119 @@
+"""ASHA + Optuna TPE (attune tune's default) vs FIFO + random search, same trials, on newsdesk.
+
+    .venv/bin/python -m tests.benchmarks.tune_asha_vs_random [--trials 8] [--max-train-rows 512]
+        [--epochs 4] [--max-seq-len 32] [--workers 1] [--seed 0] [--json PATH]
+
+Both searches run `attune tune` on the same tenant data (the newsdesk tweets, a train-split
+subsample; validation and test splits are whole), from MiniLM, with the same space (learning
+rate, weight decay, warm-up; batch size and epochs fixed, so a training step is the same work
+in every trial) and the same trial count, one after the other, each in its own ATTUNE_HOME.
+Compute is the training steps every trial took (trials that ASHA stopped count the steps they
+ran). The last line compares the best validation macro-F1 (the metric both searches select by)
+and the compute: ASHA's target is within 1 point of random search at <= 0.5x the steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _newsdesk(directory: Path) -> Path:
+    from train._data import write_jsonl
+    from train._demo import default_newsdesk_source, newsdesk_rows
+
+    source = default_newsdesk_source()
+    if source is None:
+        raise SystemExit("the newsdesk data (Twitter Financial News CSVs) was not found; set ATTUNE_NEWSDESK_DATA")
+    return write_jsonl(directory / "newsdesk.jsonl", newsdesk_rows(source))
+
+
+def _space(directory: Path, epochs: int, batch_size: int) -> Path:
+    path = directory / "space.yaml"
+    path.write_text(f"lr: {{loguniform: [1.0e-5, 3.0e-4]}}\nweight_decay: {{uniform: [0.0, 0.1]}}\n"
+                    f"warmup_ratio: {{uniform: [0.0, 0.2]}}\nbatch_size: {batch_size}\nepochs: {epochs}\n")
+    return path
+
+
+def run_search(name: str, scheduler: str, search: str, data: Path, space: Path, args, workdir: Path) -> dict:
+    home = workdir / name
+    cmd = [sys.executable, "-m", "cluster.cli", "tune", "--tenant", "newsdesk", "--data", str(data),
+           "--space", str(space), "--trials", str(args.trials), "--scheduler", scheduler, "--search", search,
+           "--workers", str(args.workers), "--max-seq-len", str(args.max_seq_len), "--seed", str(args.seed),
+           "--max-train-rows", str(args.max_train_rows), "--patience", str(args.epochs), "--no-promote", "--json"]
+    env = dict(os.environ, ATTUNE_HOME=str(home))
+    env.pop("RAY_ADDRESS", None)
+    started = time.monotonic()
+    with open(workdir / f"{name}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+    wall = time.monotonic() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed; see {workdir / f'{name}.log'}")
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    best = next(r for r in summary["trial_results"] if r["trial_id"] == summary["best_trial_id"])
+    return {"name": name, "trials": summary["trials"], "completed": summary["completed"],
+            "stopped_early": summary["stopped_early"], "failed": summary["failed"],
+            "best_val_macro_f1": summary["best_metric"], "best_config": summary["best_config"],
+            "best_test_macro_f1": _test_f1(summary), "train_steps": summary["train_steps"],
+            "best_trial_steps": best["train_steps"], "wall_s": round(wall, 1),
+            "trial_results": summary["trial_results"]}
+
+
+def _test_f1(summary: dict) -> float | None:
+    """The chosen model's test macro-F1, from its export's manifest."""
+    manifest = Path(summary["model_dir"]) / "attune.json"
+    return json.loads(manifest.read_text())["metrics"]["test_macro_f1"] if manifest.is_file() else None
+
+
+def _table(results: list[dict]) -> list[str]:
+    lines = [f"{'search':<22} {'trials':>6} {'done':>5} {'stopped':>7} {'best val F1':>11} {'its test F1':>11} "
+             f"{'train steps':>11} {'wall s':>7}"]
+    for r in results:
+        test = "-" if r["best_test_macro_f1"] is None else f"{r['best_test_macro_f1']:.4f}"
+        lines.append(f"{r['name']:<22} {r['trials']:>6} {r['completed']:>5} {r['stopped_early']:>7} "
+                     f"{r['best_val_macro_f1']:>11.4f} {test:>11} {r['train_steps']:>11} {r['wall_s']:>7.0f}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--max-train-rows", type=int, default=512)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs of every trial (ASHA rungs at 1, 2, 4)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-seq-len", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="workers per trial (1: two trials at a time on 2 CPUs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="attune-tune-bench-") as tmp:
+        workdir = Path(tmp)
+        data, space = _newsdesk(workdir), _space(workdir, args.epochs, args.batch_size)
+        results = [run_search("asha+optuna (attune)", "asha", "optuna", data, space, args, workdir),
+                   run_search("fifo+random (baseline)", "fifo", "random", data, space, args, workdir)]
+    asha, rand = results
+    print(f"newsdesk, MiniLM, {args.trials} trials each, {args.max_train_rows} train rows, {args.epochs} epochs, "
+          f"seq {args.max_seq_len}, batch {args.batch_size}, {args.workers} worker(s)/trial")
+    print("\n".join(_table(results)))
+    for r in results:
+        print(f"{r['name']}: best config {json.dumps(r['best_config'])}")
+    gap = (asha["best_val_macro_f1"] - rand["best_val_macro_f1"]) * 100
+    ratio = asha["train_steps"] / rand["train_steps"]
+    met = gap >= -1.0 and ratio <= 0.5
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
+                                         "val_f1_gap_points": gap, "compute_ratio": ratio}, indent=2))
+    print(f"ASHA+Optuna vs FIFO+random: best val macro-F1 {gap:+.2f} points, compute {ratio:.2f}x the steps "
+          f"(target: >= -1.00 points at <= 0.50x: {'met' if met else 'not met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""`attune tune` end to end on a tiny random BERT: ASHA, a crashed trial, a killed driver, --resume.
+
+The search runs as the user runs it: the CLI as a subprocess on its own embedded Ray (2 CPUs).
+Trials use one worker each (at this size a trial's time is mostly Ray Train starting its
+workers, and one worker starts fastest) and run one at a time, so the order of their results,
+and with it every ASHA decision, is the same on every run. The space is a good and a hopeless
+learning rate, seeded so the trials sample: hopeless (crashed on purpose), hopeless, good,
+hopeless (stopped by ASHA at epoch 1, after the good one).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from registry import Registry
+from tests.integration.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+SPACE = "lr: {choice: [3.0e-2, 1.0e-7]}\nbatch_size: 16\nepochs: 3\n"
+SEED = "5"  # BasicVariantGenerator(random_state=5) samples bad, bad, good, bad
+PBT_OPT_IN = "ATTUNE_TEST_PBT"
+
+
+def _attune(home: Path, *args: str) -> subprocess.Popen:
+    # Ray Train's controller polls its workers every 2 s by default; at 0.5 s the tiny trials' reports
+    # and shutdowns wait less (this only changes how soon the controller notices, not what it does)
+    env = dict(os.environ, ATTUNE_HOME=str(home), ATTUNE_RAY_NUM_CPUS="2", ATTUNE_PROGRESS_INTERVAL_S="5",
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> command line of every live process in session ``sid`` (the CLI, its Ray, Ray's workers)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[3]) == sid and stat[0] != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_text().replace("\0", " ")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _kill_session(sid: int) -> None:
+    for pid in _session(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _training_worker(sid: int, train_runs: Path):
+    """The pid of a Ray Train worker of session ``sid`` once it is training (its first checkpoint exists).
+    A worker killed while the group starts is retried by Ray Train; one killed mid-training is a crash."""
+    if not any(train_runs.glob("*/checkpoint_*")):
+        return None
+    return next((pid for pid, cmd in _session(sid).items() if cmd.startswith("ray::RayTrainWorker")), None)
+
+
+@pytest.fixture
+def search_args(tmp_path, tiny_base, demo_dir) -> list[str]:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    return ["tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base", str(tiny_base),
+            "--space", str(space), "--trials", "4", "--scheduler", "asha", "--search", "random", "--seed", SEED,
+            "--workers", "1", "--max-concurrent", "1", "--max-seq-len", "32", "--max-failures", "0",
+            "--promotion-floor", "0", "--json"]
+
+
+def test_asha_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, search_args):
+    home = tmp_path / "home"
+    trials_dir = home / "ray_results" / "tune-john" / "trials"
+    train_runs = home / "ray_results" / "tune-john" / "train_runs"
+    first = _attune(home, *search_args)
+    try:
+        # a trial crashes: its only training worker dies and --max-failures 0 allows no restart
+        victim = wait_for(lambda: _training_worker(first.pid, train_runs) or first.poll() is not None, 180,
+                          "a training worker past its first epoch", interval_s=0.05)
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        os.kill(victim, signal.SIGKILL)
+        # the search goes on; once a trial has finished, the driver is killed
+        wait_for(lambda: any(trials_dir.glob("*.json")) or first.poll() is not None, 240, "a finished trial")
+        assert first.poll() is None, first.communicate()[1][-3000:]
+        before = {p.stem: json.loads(p.read_text()) for p in trials_dir.glob("*.json")}
+        os.killpg(first.pid, signal.SIGKILL)
+        _kill_session(first.pid)
+        wait_for(lambda: not _session(first.pid), 60, "every process of the killed search to exit")
+    finally:
+        _kill_session(first.pid)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL
+
+    resumed = _attune(home, *search_args, "--resume")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["trials"], summary["failed"], summary["completed"], summary["stopped_early"]) == (4, 1, 2, 1)
+    assert summary["best_config"]["lr"] == pytest.approx(3e-2) and summary["best_metric"] > 0.3
+    assert (summary["model_version"], summary["alias"]) == ("1", "champion")
+    assert summary["promotion"]["promoted"] is True
+    assert "up to 1 at a time" in err
+    assert "val_macro_f1" in err and "trials ended" in err  # progress lines while it ran
+
+    _check_tracking(home, summary, before)
+
+
+def _check_tracking(home: Path, summary: dict, before: dict) -> None:
+    registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
+    runs = registry.runs("tenant.john")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r["tags"]]
+    assert len(parents) == 1 and parents[0]["run_id"] == summary["parent_run_id"]
+    parent = parents[0]
+    assert parent["status"] == "FINISHED" and parent["tags"]["attune.kind"] == "tune"
+    assert json.loads(parent["tags"]["attune.best_config"]) == summary["best_config"]
+    children = registry.runs("tenant.john", parent_run_id=parent["run_id"])
+    assert len(children) == 4 and len(runs) == 5
+    by_trial = {c["tags"]["attune.trial_id"]: c for c in children}
+    statuses = sorted(c["status"] for c in children)
+    assert statuses.count("FAILED") == 1 and statuses.count("KILLED") == summary["stopped_early"]
+    [failed] = [c for c in children if c["status"] == "FAILED"]
+    assert failed["tags"]["attune.trial.error"]
+    best = by_trial[summary["best_trial_id"]]
+    assert [step for step, _ in registry.metric_history(best["run_id"], "val_macro_f1")] == [1, 2, 3]
+    assert best["params"]["lr"] == str(summary["best_config"]["lr"]) and "test_macro_f1" in best["metrics"]
+    version = registry.get_version("john", summary["model_version"])
+    assert version.run_id == best["run_id"]  # the registered model is the best trial's export
+    # no finished trial ran again after --resume: same finish record, and it is what MLflow holds
+    for trial_id, record in before.items():
+        assert by_trial[trial_id]["status"] == "FINISHED"
+        assert by_trial[trial_id]["tags"]["attune.trial.finished_at"] == record["finished_at"]
+        after = json.loads((home / "ray_results" / "tune-john" / "trials" / f"{trial_id}.json").read_text())
+        assert after == record
+
+
+@pytest.mark.skipif(not os.environ.get(PBT_OPT_IN), reason=f"about 1.5-2.5 minutes on 2 CPUs (each PBT exploit "
+                    f"restarts a trial's Ray Train run); set {PBT_OPT_IN}=1 to run it")
+def test_pbt_search_runs_end_to_end(tmp_path, tiny_base, demo_dir):
+    """Two trials at once (one worker each), a good and a hopeless learning rate, 3 epochs. PBT
+    ranks them after epochs 1 and 2; whether the hopeless one copies the good one depends on which
+    reports first (and PBT rewrites the copier's config), so this checks the run, not the copy:
+    both trials export, the search registers, and any checkpoint a trial restarted from is one of
+    this search's own (tests/unit/test_tune_pbt.py checks what restarting from one does)."""
+    home = tmp_path / "home"
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {choice: [3.0e-2, 1.0e-7]}\nbatch_size: 16\nepochs: 3\n")
+    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base",
+                   str(tiny_base), "--space", str(space), "--trials", "2", "--scheduler", "pbt", "--seed", "6",
+                   "--workers", "1", "--max-seq-len", "32", "--promotion-floor", "0", "--json")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["scheduler"] == "pbt" and summary["completed"] == 2 and summary["model_version"] == "1"
+    assert summary["best_metric"] > 0.3
+    experiment = home / "ray_results" / "tune-john"
+    records = {p.stem: json.loads(p.read_text()) for p in (experiment / "trials").glob("*.json")}
+    assert len(records) == 2
+    for record in records.values():
+        if record["started_from"]:
+            assert record["started_from"].startswith(str(experiment)) and "checkpoint_" in record["started_from"]

@@ -1,0 +1,75 @@
+"""How a search lands in MLflow (through the registry, on SQLite): one parent, a nested run per trial."""
+import json
+
+import pytest
+
+from tests.conftest import write_jsonl
+from tests.registry_helpers import sqlite_registry
+from train._data import load_tenant_data
+from tune import TuneJob, default_space
+from tune._tracking import TAG_TRIAL, SearchTracker, TrialOutcome, pick_best
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    rows = [{"text": f"{label} headline {i}", "label": label} for label in ("up", "down") for i in range(30)]
+    data = write_jsonl(tmp_path / "john.jsonl", rows)
+    job = TuneJob(tenant="john", data=str(data), space=default_space("full"), trials=3)
+    return SearchTracker(sqlite_registry(tmp_path / "store"), job, load_tenant_data(str(data)))
+
+
+def _history(*vals):
+    return [{"epoch": i + 1, "train_loss": 1.0 - i / 10, "val_macro_f1": v, "train_steps": 4 * (i + 1)}
+            for i, v in enumerate(vals)]
+
+
+OUTCOMES = [
+    TrialOutcome("t1", {"lr": 1e-4, "epochs": 2}, "completed", _history(0.6, 0.7),
+                 final={"test_macro_f1": 0.65, "best_val_macro_f1": 0.7, "val_macro_f1": 0.7, "final": 1,
+                        "training_iteration": 3, "epoch": 2}),
+    TrialOutcome("t2", {"lr": 1e-6, "epochs": 2}, "stopped_early", _history(0.2)),
+    TrialOutcome("t3", {"lr": 3e-4, "epochs": 2}, "failed", [], error="RayTaskError: worker died"),
+]
+
+
+def test_every_trial_is_a_nested_run_and_the_parent_keeps_the_table(tracker):
+    reg = tracker.registry
+    parent = tracker.start("tune-john-test")
+    assert reg.get_run(parent)["status"] == "RUNNING"
+    tracker.log_trials(OUTCOMES)
+    tracker.log_trials(OUTCOMES)  # a resumed search logs what is missing only
+    best = pick_best(OUTCOMES, "val_macro_f1")
+    tracker.finish(OUTCOMES, best, {"model_version": "1", "promotion": {"promoted": True}})
+
+    children = {run["tags"][TAG_TRIAL]: run for run in reg.runs("tenant.john", parent_run_id=parent)}
+    assert set(children) == {"t1", "t2", "t3"} and len(reg.runs("tenant.john")) == 4
+    assert {k: c["status"] for k, c in children.items()} == {"t1": "FINISHED", "t2": "KILLED", "t3": "FAILED"}
+    assert children["t3"]["tags"]["attune.trial.error"] == "RayTaskError: worker died"
+    assert children["t1"]["params"]["lr"] == "0.0001" and children["t1"]["tags"]["attune.kind"] == "tune"
+    assert children["t1"]["metrics"]["test_macro_f1"] == 0.65
+    assert "training_iteration" not in children["t1"]["metrics"]  # Tune's bookkeeping is not a result
+    assert reg.metric_history(children["t1"]["run_id"], "val_macro_f1") == [(1, 0.6), (2, 0.7)]
+
+    run = reg.get_run(parent)
+    assert run["status"] == "FINISHED" and run["metrics"]["best_val_macro_f1"] == 0.7
+    assert run["metrics"]["trials"] == 3 and run["metrics"]["stopped_early"] == 1
+    assert run["params"]["best.lr"] == "0.0001" and run["params"]["scheduler"] == "asha"
+    assert json.loads(run["tags"]["attune.best_config"]) == {"lr": 1e-4, "epochs": 2}
+    table = json.loads(_artifact(reg, parent, "trials.json"))
+    assert [row["trial_id"] for row in table] == ["t1", "t2", "t3"]
+    assert [row["status"] for row in table] == ["completed", "stopped_early", "failed"]
+    assert "trial_id" in _artifact(reg, parent, "trials.csv").splitlines()[0]
+
+
+def test_a_search_without_a_finished_trial_fails_its_parent(tracker):
+    parent = tracker.start("tune-john-none")
+    tracker.log_trials(OUTCOMES[1:])
+    tracker.finish(OUTCOMES[1:], None, {})
+    assert tracker.registry.get_run(parent)["status"] == "FAILED"
+
+
+def _artifact(reg, run_id: str, name: str) -> str:
+    from pathlib import Path
+
+    uri = reg.client.get_run(run_id).info.artifact_uri
+    return (Path(uri.removeprefix("file://")) / name).read_text()

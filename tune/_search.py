@@ -1,0 +1,177 @@
+"""Building the Ray Tune search: resources and concurrency, scheduler, searcher, the Tuner itself."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+from ray import tune as ray_tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
+
+from tune._errors import TuneError
+from tune._job import TuneJob
+
+logger = logging.getLogger("attune.tune")
+
+TUNE_METRIC = "val_macro_f1"  # what schedulers and searchers see every epoch
+TIME_ATTR = "epoch"
+# A trial's function only drives its Ray Train run (like Train V2's own controller, which Ray
+# schedules with 0 CPUs): it needs memory, not a CPU. The training workers take the CPUs.
+DRIVER_MEMORY_BYTES = 256 * 1024**2
+
+
+def trial_resources(num_workers: int, use_gpu: bool) -> dict[str, float]:
+    """What one running trial holds: its workers (1 CPU each, plus 1 GPU each on GPUs) and its driver."""
+    needs = {"CPU": float(num_workers), "memory": float(DRIVER_MEMORY_BYTES)}
+    if use_gpu:
+        needs["GPU"] = float(num_workers)
+    return needs
+
+
+def max_concurrent_trials(cluster: dict[str, float], num_workers: int, use_gpu: bool,
+                          requested: Optional[int], trials: int) -> int:
+    """How many trials may run at once without oversubscribing the cluster (never more than asked)."""
+    needs = trial_resources(num_workers, use_gpu)
+    fits = min(math.floor(cluster.get(name, 0.0) / amount + 1e-9) for name, amount in needs.items() if amount)
+    if fits < 1:
+        have = ", ".join(f"{name} {cluster.get(name, 0):g}" for name in needs)
+        want = ", ".join(f"{name} {amount:g}" for name, amount in needs.items())
+        raise TuneError(f"one trial needs {want} (--workers {num_workers}) but the cluster has {have}; "
+                        "lower --workers or add nodes")
+    return max(1, min(fits, requested or fits, trials))
+
+
+class EpochASHA(AsyncHyperBandScheduler):
+    """ASHA over epochs (rungs at epochs 1, 2, 4, ...; the top half of each rung goes on) that never
+    stops a trial at its own last epoch or final result: only its export and evaluation remain then."""
+
+    def __init__(self, *, default_epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self._default_epochs = default_epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)  # records the rung either way
+        last = result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", self._default_epochs))
+        return TrialScheduler.CONTINUE if last or result.get("final") else decision
+
+
+class EpochPBT(PopulationBasedTraining):
+    """PBT every epoch, except at a trial's own last epoch or final result: exploiting then would
+    only replace a finished model with a copy of another, and pausing it would restart a run
+    whose training is over."""
+
+    def __init__(self, *, default_epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self._default_epochs = default_epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("final") or result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", self._default_epochs)):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+
+def build_scheduler(job: TuneJob):
+    from ray.tune.schedulers import FIFOScheduler
+
+    if job.scheduler == "asha":
+        return EpochASHA(default_epochs=job.max_epochs, time_attr=TIME_ATTR, max_t=max(job.epochs_cap, 1),
+                         grace_period=1, reduction_factor=2, stop_last_trials=False)
+    if job.scheduler == "pbt":
+        return EpochPBT(default_epochs=job.max_epochs, time_attr=TIME_ATTR, perturbation_interval=1,
+                        hyperparam_mutations=job.space.mutations(), quantile_fraction=0.5,
+                        resample_probability=0.25, log_config=False)
+    return FIFOScheduler()
+
+
+def build_searcher(job: TuneJob, max_concurrent: int):
+    """Optuna's TPE (its default sampler) or seeded random sampling, at most ``max_concurrent`` live trials."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if job.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=job.seed), max_concurrent=max_concurrent)
+    # a generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it, so limit it here
+    return BasicVariantGenerator(random_state=job.seed, max_concurrent=max_concurrent)
+
+
+def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore: bool):
+    """A new Tuner for ``job``, or (``restore``) the interrupted one in the tenant's experiment dir."""
+    from tune._trial import run_trial
+
+    experiment_dir = experiment_path(job, settings)
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(run_trial, job=job.model_dump(mode="json"), dataset=dataset,
+                                 settings=settings.model_dump(mode="json"), experiment_dir=str(experiment_dir)),
+        {"CPU": 0, "memory": DRIVER_MEMORY_BYTES})
+    if restore:
+        return ray_tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
+                                      resume_errored=False, restart_errored=False)
+    return ray_tune.Tuner(
+        trainable,
+        param_space=job.space.param_space(),
+        tune_config=ray_tune.TuneConfig(
+            metric=TUNE_METRIC, mode="max", search_alg=build_searcher(job, max_concurrent),
+            scheduler=build_scheduler(job), num_samples=job.trials, time_budget_s=job.time_budget_s),
+        run_config=ray_tune.RunConfig(
+            name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
+            failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s)]),
+    )
+
+
+def experiment_path(job: TuneJob, settings) -> Path:
+    return Path(settings.ray_storage_dir) / job.experiment_name
+
+
+def can_restore(path: Path) -> bool:
+    return path.is_dir() and ray_tune.Tuner.can_restore(str(path))
+
+
+class SearchProgress(ray_tune.Callback):
+    """One line per trial result and per finished trial, and a status line at least every interval."""
+
+    def __init__(self, total: int, interval_s: float = 10.0):
+        self.total, self.interval_s = total, interval_s
+        self.best: Optional[tuple[float, str]] = None
+        self.last_line = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        score = result.get(TUNE_METRIC)
+        if score is None:
+            return
+        if self.best is None or score > self.best[0]:
+            self.best = (score, trial.trial_id)
+        what = "final (best epoch)" if result.get("final") else f"epoch {result.get(TIME_ATTR)}"
+        self._say("trial %s %s: val_macro_f1 %.4f  (best so far %.4f, trial %s)", trial.trial_id, what, score,
+                  *self.best)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._say("trial %s ended (%s); %s", trial.trial_id, _config_text(trial.config), self._status(trials))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._say("trial %s FAILED (%s); the search goes on; %s", trial.trial_id, _config_text(trial.config),
+                  self._status(trials))
+
+    def on_step_end(self, iteration, trials, **info):
+        if time.monotonic() - self.last_line >= self.interval_s:
+            self._say("search: %s", self._status(trials))
+
+    def _status(self, trials) -> str:
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
+        parts = [f"{done}/{self.total} trials ended"] + [f"{n} {s.lower()}" for s, n in sorted(counts.items())]
+        return ", ".join(parts)
+
+    def _say(self, message: str, *args) -> None:
+        self.last_line = time.monotonic()
+        logger.info(message, *args)
+
+
+def _config_text(config: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))

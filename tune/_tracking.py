@@ -1,0 +1,212 @@
+"""What each trial did, which one won, and how the search is kept in MLflow (through ``registry``).
+
+The search is one parent run in the tenant's experiment; every trial is a nested child run with
+its parameters, per-epoch metrics (step = epoch) and outcome. The best trial's child run carries
+the exported model and is the source of the registered version. The parent records the search
+settings, the best configuration and a table of all trials (``trials.json``, ``trials.csv``).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from registry import Registry, RunRecord
+from train._data import TenantData
+from train._promote import run_record
+from tune._job import TuneJob
+from tune._trial import FINAL
+
+logger = logging.getLogger("attune.tune")
+Status = Literal["completed", "stopped_early", "failed"]
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
+TAG_TRIAL = "attune.trial_id"
+EPOCH_KEYS = ("train_loss", "val_macro_f1", "train_steps")
+# Per-epoch keys (logged as curves) and what Tune adds to every result: not a trial's final metrics.
+_NOT_FINAL = {"epoch", FINAL, "done", *EPOCH_KEYS, *AUTO_RESULT_KEYS}
+
+
+@dataclass
+class TrialOutcome:
+    """One trial as the search saw it."""
+
+    trial_id: str
+    params: dict
+    status: Status
+    history: list[dict] = field(default_factory=list)  # one row per epoch: epoch, train_loss, val_macro_f1, ...
+    final: dict = field(default_factory=dict)  # the completed trial's last result (test metrics, export)
+    error: Optional[str] = None
+    record: Optional[dict] = None  # what the trial wrote when it finished (tune._trial)
+
+    def score(self, metric: str) -> Optional[float]:
+        value = self.final.get(metric) if self.status == "completed" else None
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+    @property
+    def train_steps(self) -> int:
+        """Optimizer steps the trial's model took (cumulative across restarts; what the search spent on it)."""
+        steps = [row.get("train_steps", 0) for row in self.history] + [self.final.get("train_steps", 0)]
+        return int(max(steps))
+
+    def row(self, metric: str) -> dict:
+        """This trial's line in the parent run's table."""
+        last = self.history[-1] if self.history else {}
+        return {"trial_id": self.trial_id, "status": self.status, metric: self.score(metric),
+                "epochs": len(self.history), "last_val_macro_f1": last.get("val_macro_f1"),
+                "train_steps": self.train_steps, **{f"param.{k}": v for k, v in sorted(self.params.items())},
+                "error": (self.error or "")[:300]}
+
+
+def collect_outcomes(grid, records: dict[str, dict]) -> list[TrialOutcome]:
+    """Trial outcomes from a Tune ResultGrid plus the trials' own finish records."""
+    outcomes = []
+    for result in grid:
+        metrics = dict(result.metrics or {})
+        trial_id = metrics["trial_id"]
+        record = records.get(trial_id)
+        final = metrics if metrics.get(FINAL) else (record or {}).get("result", {})
+        status: Status = "failed" if result.error is not None else ("completed" if final else "stopped_early")
+        rows = _epoch_rows(result.metrics_dataframe)
+        outcomes.append(TrialOutcome(trial_id=trial_id, params=dict(result.config or {}), status=status,
+                                     history=_export_history(final, rows) if status == "completed" else rows,
+                                     final=final if status == "completed" else {},
+                                     error=None if result.error is None else _error_text(result.error),
+                                     record=record))
+    return sorted(outcomes, key=lambda o: o.trial_id)
+
+
+def _epoch_rows(frame) -> list[dict]:
+    if frame is None or "epoch" not in frame:
+        return []
+    rows: dict[int, dict] = {}
+    for row in frame.to_dict("records"):
+        if row.get(FINAL) == 1 or row.get("epoch") is None or math.isnan(row["epoch"]):
+            continue
+        rows[int(row["epoch"])] = {"epoch": int(row["epoch"]),
+                                   **{k: float(row[k]) for k in EPOCH_KEYS if _number(row.get(k))}}
+    return [rows[e] for e in sorted(rows)]
+
+
+def _export_history(final: dict, rows: list[dict]) -> list[dict]:
+    """The exported model's per-epoch history (its manifest: every epoch, even across restarts and PBT
+    exploits, which Tune's own result files do not keep), with Tune's step counts where it has them."""
+    from train._export import read_manifest
+
+    try:
+        history = read_manifest(Path(final["export_checkpoint"]) / "model")["history"]
+    except Exception:  # noqa: BLE001 - an export without a readable manifest: use what Tune kept
+        return rows
+    steps = {row["epoch"]: row["train_steps"] for row in rows if "train_steps" in row}
+    return [{"epoch": int(h["epoch"]), **{k: float(h[k]) for k in EPOCH_KEYS if _number(h.get(k))},
+             **({"train_steps": float(steps[h["epoch"]])} if h["epoch"] in steps else {})} for h in history]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def pick_best(outcomes: list[TrialOutcome], metric: str) -> Optional[TrialOutcome]:
+    """The completed trial with the highest ``metric`` (ties: the one that trained least)."""
+    scored = [o for o in outcomes if o.score(metric) is not None]
+    return max(scored, key=lambda o: (o.score(metric), -o.train_steps), default=None)
+
+
+class SearchTracker:
+    """The MLflow side of one search: parent run, child runs and the summary, all via the registry."""
+
+    def __init__(self, registry: Registry, job: TuneJob, dataset: TenantData, parent_run_id: Optional[str] = None):
+        from registry._names import tenant_model_name
+
+        self.registry, self.job, self.dataset = registry, job, dataset
+        self.experiment = tenant_model_name(job.tenant)
+        self.parent_run_id = parent_run_id
+
+    def start(self, run_name: str) -> str:
+        job = self.job
+        params = {**job.fixed_params(), "trials": job.trials, "scheduler": job.scheduler, "search": job.search,
+                  "metric": job.metric, "max_concurrent": job.max_concurrent, "time_budget_s": job.time_budget_s,
+                  **{f"space.{k}": v for k, v in job.space.summary().items()}}
+        tags = {**self.record(run_name, {}, {}, []).tags, "attune.search.scheduler": job.scheduler,
+                "attune.search.searcher": job.search}
+        self.parent_run_id = self.registry.start_run(self.experiment, run_name, tags, params)
+        return self.parent_run_id
+
+    def record(self, run_name: str, params: dict, metrics: dict, history: list,
+               tags: Optional[dict] = None) -> RunRecord:
+        job = self.job
+        record = run_record("tune", run_name, params, metrics, history, tenant=job.tenant, base=job.base,
+                            method=job.method, data_uri=job.data, dataset=self.dataset)
+        return record.model_copy(update={"extra_tags": {k: str(v) for k, v in (tags or {}).items()}})
+
+    def trial_record(self, outcome: TrialOutcome) -> RunRecord:
+        config = self.job.finetune_config(outcome.params).model_dump(mode="json", exclude={"out"})
+        metrics = {k: v for k, v in outcome.final.items() if _number(v) and k not in _NOT_FINAL}
+        vals = [row["val_macro_f1"] for row in outcome.history if "val_macro_f1" in row]
+        if vals:
+            metrics.setdefault("best_val_macro_f1", max(vals))
+        metrics["train_steps"] = outcome.train_steps
+        record = outcome.record or {}
+        tags = {TAG_TRIAL: outcome.trial_id, "attune.trial.status": outcome.status,
+                "attune.trial.finished_at": record.get("finished_at", ""),
+                "attune.trial.started_from": record.get("started_from") or "",
+                "attune.trial.error": (outcome.error or "")[:1000]}
+        return self.record(f"{self.job.experiment_name}-{outcome.trial_id}", config, metrics, outcome.history, tags)
+
+    def logged_trials(self) -> set[str]:
+        children = self.registry.runs(self.experiment, parent_run_id=self.parent_run_id)
+        return {run["tags"].get(TAG_TRIAL) for run in children}
+
+    def log_trials(self, outcomes: list[TrialOutcome], skip: str = "") -> None:
+        """A child run per trial not logged yet (``skip``: the best trial, logged by its registration)."""
+        done = self.logged_trials()
+        for outcome in outcomes:
+            if outcome.trial_id in done or outcome.trial_id == skip:
+                continue
+            self.registry.log_run(self.experiment, self.trial_record(outcome), parent_run_id=self.parent_run_id,
+                                  status=MLFLOW_STATUS[outcome.status])
+
+    def finish(self, outcomes: list[TrialOutcome], best: Optional[TrialOutcome], summary: dict) -> None:
+        metric = self.job.metric
+        counts = {s: sum(o.status == s for o in outcomes) for s in MLFLOW_STATUS}
+        metrics = {"trials": len(outcomes), **counts, "train_steps_total": sum(o.train_steps for o in outcomes)}
+        params, tags = {}, {}
+        if best is not None:
+            metrics[f"best_{metric}"] = best.score(metric)
+            params = {f"best.{k}": v for k, v in best.params.items()}
+            tags = {"attune.best_trial_id": best.trial_id, "attune.best_config": json.dumps(best.params),
+                    "attune.model_version": summary.get("model_version", ""),
+                    "attune.promotion.promoted": str((summary.get("promotion") or {}).get("promoted", False)).lower()}
+        rows = [o.row(metric) for o in outcomes]
+        documents = {"trials.json": rows, "trials.csv": _csv(rows),
+                     "best_config.json": {"trial_id": best.trial_id, "config": best.params, metric: best.score(metric)}
+                     if best else {}}
+        self.registry.end_run(self.parent_run_id, "FINISHED" if best else "FAILED", metrics=metrics, params=params,
+                              tags=tags, documents=documents)
+
+    def abandon(self, run_id: str) -> None:
+        """End an interrupted search's parent run that a fresh search replaces."""
+        try:
+            self.registry.end_run(run_id, "KILLED", tags={"attune.search.replaced": "true"})
+        except Exception as exc:  # noqa: BLE001 - e.g. erased with the tenant; the new search matters more
+            logger.warning("could not close the interrupted search's run %s: %s", run_id, exc)
+
+
+def _csv(rows: list[dict]) -> str:
+    columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "trial_id", k))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
