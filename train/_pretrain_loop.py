@@ -66,7 +66,7 @@ def pretrain_loop_per_worker(loop_config: dict) -> Optional[dict]:
             _record_eval(engine, eval_set, cfg, rank, state, losses, progress)
             losses = []
         if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-            _report_checkpoint(engine, rank, state, None, {"step": step, **state["history"][-1]})
+            _report_checkpoint(engine, rank, state, None, {**state["history"][-1], "step": step})
     state.update(peak_gpu_memory_mb=_peak_gpu_memory_mb(), peak_host_memory_mb=_peak_host_memory_mb())  # training
     return _export(engine, cfg, rank, world, tokenizer, state, loop_config, shards)
 

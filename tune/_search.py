@@ -53,8 +53,7 @@ class EpochASHA(AsyncHyperBandScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)  # records the rung either way
-        last = result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", self._default_epochs))
-        return TrialScheduler.CONTINUE if last or result.get("final") else decision
+        return TrialScheduler.CONTINUE if _at_its_end(trial, result, self._default_epochs) else decision
 
 
 class EpochPBT(PopulationBasedTraining):
@@ -67,9 +66,14 @@ class EpochPBT(PopulationBasedTraining):
         self._default_epochs = default_epochs
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if result.get("final") or result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", self._default_epochs)):
+        if _at_its_end(trial, result, self._default_epochs):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
+
+
+def _at_its_end(trial, result: dict, default_epochs: int) -> bool:
+    """The trial's last epoch or its final result (the trial's ``epochs``, else the job's)."""
+    return bool(result.get("final")) or result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", default_epochs))
 
 
 def build_scheduler(job: TuneJob):
