@@ -43,13 +43,12 @@ def test_invalid_options_exit_2_with_the_flag_named(tmp_path, corpus, capsys, fl
     assert _nothing_left(home)
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: tmp / "nope.txt", "does not exist"),
-    (lambda tmp: (tmp / "empty.txt").touch() or tmp / "empty.txt", "is empty"),
-])
-def test_missing_or_empty_corpus_exits_2_before_ray(tmp_path, capsys, make, message):
-    home = tmp_path / "home"
-    code, err = _cli(home, "--corpus", str(make(tmp_path)), "--preset", "tiny", capsys=capsys)
+@pytest.mark.parametrize("empty, message", [(False, "does not exist"), (True, "is empty")])
+def test_missing_or_empty_corpus_exits_2_before_ray(tmp_path, capsys, empty, message):
+    home, path = tmp_path / "home", tmp_path / "corpus.txt"
+    if empty:
+        path.touch()
+    code, err = _cli(home, "--corpus", str(path), "--preset", "tiny", capsys=capsys)
     assert code == 2 and message in err
     assert _nothing_left(home)
 
