@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -35,6 +36,7 @@ def tune_tenant(job: TuneJob, *, settings: Optional[Settings] = None, resume: bo
     dataset = dataset or load_tenant_data(job.data, endpoint_url=settings.s3_endpoint_url)
     exp_dir = experiment_path(job, settings)
     state = _read_state(exp_dir)
+    _not_running_elsewhere(job, state, exp_dir)
     if resume:
         job = _resumable(job, state, exp_dir, dataset)
     _check_inputs(job, dataset)
@@ -46,6 +48,7 @@ def tune_tenant(job: TuneJob, *, settings: Optional[Settings] = None, resume: bo
     registry = Registry.from_settings(settings)
     if resume:
         tracker = SearchTracker(registry, job, dataset, state["parent_run_id"])
+        _write_state(exp_dir, {**state, "driver": _driver()})
         logger.info("resuming the search for %s in %s (parent run %s)", job.tenant, exp_dir, state["parent_run_id"])
     else:
         tracker = _fresh_search(registry, job, dataset, exp_dir, state, max_concurrent)
@@ -104,7 +107,7 @@ def _fresh_search(registry, job: TuneJob, dataset: TenantData, exp_dir: Path, st
     tracker.start(f"{job.experiment_name}-{stamp}")
     _write_state(exp_dir, {"status": "running", "tenant": job.tenant, "parent_run_id": tracker.parent_run_id,
                            "data_hash": dataset.data_hash, "max_concurrent": max_concurrent,
-                           "job": job.model_dump(mode="json")})
+                           "job": job.model_dump(mode="json"), "driver": _driver()})
     return tracker
 
 
@@ -164,6 +167,25 @@ def _handoff(job: TuneJob, settings: Settings, dataset: TenantData, tracker, bes
                               parent_run_id=tracker.parent_run_id)
     return {"model_version": gated["model_version"], "alias": gated["alias"], "promotion": gated["promotion"],
             "model_dir": str(out_dir.resolve())}
+
+
+def _driver() -> dict:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _not_running_elsewhere(job: TuneJob, state: Optional[dict], exp_dir: Path) -> None:
+    """Two drivers on one experiment would corrupt it: refuse while the recorded one is alive here."""
+    driver = (state or {}).get("driver") or {}
+    if (state or {}).get("status") != "running" or driver.get("host") != socket.gethostname():
+        return
+    pid = int(driver.get("pid", 0))
+    try:
+        alive = pid != os.getpid() and " tune " in f" {Path(f'/proc/{pid}/cmdline').read_text().replace(chr(0), ' ')} "
+    except OSError:
+        alive = False
+    if alive:
+        raise TuneError(f"a search for tenant {job.tenant!r} is already running in {exp_dir} (pid {pid}); wait for "
+                        f"it to finish, or stop it and continue it with --resume")
 
 
 def _counts(outcomes) -> str:

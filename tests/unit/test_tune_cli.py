@@ -67,3 +67,24 @@ def test_help_lists_tune(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "tune" in capsys.readouterr().out
+
+
+def test_a_second_driver_on_a_running_search_is_refused(data, attune_home, capsys):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "tune", "--tenant", "john"])
+    try:
+        experiment = attune_home / "ray_results" / "tune-john"
+        experiment.mkdir(parents=True)
+        state = {"status": "running", "driver": {"host": socket.gethostname(), "pid": running.pid}}
+        (experiment / "attune-search.json").write_text(json.dumps(state))
+        for extra in ([], ["--resume"]):
+            assert _tune("--data", str(data), *extra) == 2
+            assert f"already running in {experiment} (pid {running.pid})" in capsys.readouterr().err
+    finally:
+        running.kill()
+        running.wait()
+    assert not (attune_home / "mlflow.db").exists()
