@@ -1,12 +1,17 @@
-"""`attune demo` as a user runs it: the whole flow on the embedded default, then a re-run that reuses it.
+"""The user's commands as the user runs them, each `attune ...` a subprocess on the embedded default.
 
-A tiny random base keeps this to the mechanics (the labels are meaningless); the real-model run is
-`make demo`. The first run keeps the endpoint up so `attune serve status` can look at it.
+One flow, so the expensive parts (fine-tunes, Ray heads, the endpoint) are paid once:
+`attune demo --keep-running` (data, three fine-tunes on one local head, keys, `serve up --detach`),
+then what a user does next with the running endpoint (curl with the printed key, `serve status`,
+`predict`), `serve down`, a re-run that reuses the champions, and the registry commands on the
+tenants the demo registered. A tiny random base keeps it to the mechanics (labels are
+meaningless); the real-model run is `make demo`.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +26,10 @@ pytestmark = pytest.mark.e2e
 ATTUNE = str(Path(sys.executable).with_name("attune"))
 
 
-def attune(env, *args, timeout=600) -> subprocess.CompletedProcess:
+def attune(env, *args, timeout=600, check=True) -> subprocess.CompletedProcess:
     proc = subprocess.run([ATTUNE, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"attune {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0 or not check, \
+        f"attune {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 
@@ -31,40 +37,29 @@ def last_json(proc) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_demo_runs_end_to_end_and_a_rerun_reuses_the_champions(tmp_path, tiny_base):
-    home = tmp_path / "home"
-    env = {**os.environ, "ATTUNE_HOME": str(home), "ATTUNE_RAY_NUM_CPUS": "2",
-           "ATTUNE_PROMOTION_FLOOR": "0"}  # a random tiny base cannot clear the default floor
-    env.pop("RAY_ADDRESS", None)
+@pytest.fixture
+def env(tmp_path) -> dict:
+    environ = {**os.environ, "ATTUNE_HOME": str(tmp_path / "home"), "ATTUNE_RAY_NUM_CPUS": "2",
+               "ATTUNE_PROMOTION_FLOOR": "0",  # a random tiny base cannot clear the default floor
+               "ATTUNE_PROGRESS_INTERVAL_S": "1"}
+    environ.pop("RAY_ADDRESS", None)
+    return environ
+
+
+def test_demo_then_endpoint_predict_rerun_and_registry_commands(env, tiny_base):
+    home = Path(env["ATTUNE_HOME"])
     port = free_port()
     demo = ["demo", "--base", str(tiny_base), "--port", str(port), "--json"]
 
     first = attune(env, *demo, "--keep-running")
     try:
-        out = last_json(first)
-        assert set(out) == {"results", "endpoint", "seconds"} and out["endpoint"] == f"http://127.0.0.1:{port}"
-        assert out["results"][0]["text"] == SEED_SENTENCE and len(out["results"]) >= 3
-        for row in out["results"]:
-            for tenant in ("john", "jane"):
-                answer = row[tenant]
-                assert answer["model_version"] == "1" and answer["label"] in answer["scores"]
-                assert set(answer["scores"]) == {"positive", "negative", "neutral"}
-                assert abs(sum(answer["scores"].values()) - 1) < 1e-3
-        for step in ("attune data demo", "attune finetune --tenant newsdesk", "attune keys create --tenant jane",
-                     "attune serve up"):
-            assert f"$ {step}" in first.stderr
-        assert first.stderr.count("connecting to the local Ray head") >= 3  # one cluster for every step
-        assert f"curl -s -X POST http://127.0.0.1:{port}/v1/tenants/john/predict" in first.stderr
-        assert "registry ui" in first.stderr
-
-        status = last_json(attune(env, "serve", "status", "--json"))  # --keep-running left it up
-        assert status["running"] and status["readyz"] == 200
-        rows = last_json(attune(env, "registry", "list", "--json"))["tenants"]
-        listed = {r["tenant"]: r["champion_version"] for r in rows}
-        assert listed == {"john": "1", "jane": "1", "newsdesk": "1"}
+        out = _check_first_run(first, port, home, tiny_base)
+        _use_the_running_endpoint(env, first.stderr, out["endpoint"], home)
     finally:
-        attune(env, "serve", "down")
+        down = attune(env, "serve", "down", "--json", check=False)
+    assert down.returncode == 0 and last_json(down) == {"removed": True, "stopped_head": True}, down.stderr[-2000:]
     assert not (home / "ray-head.json").exists()
+    assert last_json(attune(env, "serve", "status", "--json")) == {"running": False}
 
     second = attune(env, *demo)  # reuses all three champions, then cleans up
     again = last_json(second)
@@ -75,3 +70,94 @@ def test_demo_runs_end_to_end_and_a_rerun_reuses_the_champions(tmp_path, tiny_ba
     assert not (home / "ray-head.json").exists()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+    _registry_commands(env, home, tiny_base)
+
+
+def _check_first_run(first, port: int, home: Path, tiny_base: Path) -> dict:
+    out = last_json(first)
+    assert set(out) == {"results", "endpoint", "seconds"} and out["endpoint"] == f"http://127.0.0.1:{port}"
+    assert out["results"][0]["text"] == SEED_SENTENCE and len(out["results"]) >= 3
+    for row in out["results"]:
+        for tenant in ("john", "jane"):
+            answer = row[tenant]
+            assert answer["model_version"] == "1" and answer["label"] in answer["scores"]
+            assert set(answer["scores"]) == {"positive", "negative", "neutral"}
+            assert abs(sum(answer["scores"].values()) - 1) < 1e-3
+    for step in ("attune data demo", "attune finetune --tenant newsdesk", "attune keys create --tenant jane",
+                 "attune serve up"):
+        assert f"$ {step}" in first.stderr
+    assert first.stderr.count("connecting to the local Ray head") >= 3  # one cluster for every step
+    assert f"curl -s -X POST http://127.0.0.1:{port}/v1/tenants/john/predict" in first.stderr
+    assert "registry ui" in first.stderr
+    # what each fine-tune left behind: progress lines, a manifest, the registry, no Ray Train run storage
+    progress = [line for line in first.stderr.splitlines() if "samples/s" in line and "ETA" in line]
+    assert progress and all(word in progress[0] for word in ("epoch", "step", "loss"))
+    [model_dir] = (home / "models" / "john").iterdir()  # $ATTUNE_HOME/models/john/<time>
+    manifest = json.loads((model_dir / "attune.json").read_text())
+    assert manifest["tenant"] == "john" and manifest["base"] == str(tiny_base)
+    assert not any(home.glob("ray_results/finetune-*")), "Ray Train run storage was not cleaned up"
+    assert (home / "mlflow.db").is_file() and any((home / "artifacts" / "tenant.john").iterdir())
+    return out
+
+
+def _use_the_running_endpoint(env, stderr: str, endpoint: str, home: Path) -> None:
+    """What a user does next: the printed curl line's key, `serve status`, `registry list`, `predict`."""
+    key = re.search(rf"{re.escape(endpoint)}/v1/tenants/john/predict -H 'Authorization: Bearer (\S+)'",
+                    stderr).group(1)
+    resp = httpx.post(f"{endpoint}/v1/tenants/john/predict", json={"texts": [SEED_SENTENCE]},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert resp.status_code == 200 and resp.headers["x-attune-model-version"] == "1"
+    denied = httpx.post(f"{endpoint}/v1/tenants/jane/predict", json={"texts": [SEED_SENTENCE]},
+                        headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    assert denied.status_code == 403  # john's key is john's only
+
+    status = last_json(attune(env, "serve", "status", "--json"))  # --keep-running left it up
+    assert status["running"] and status["readyz"] == 200
+    assert {"Ingress", "TenantModel"} == set(status["deployments"])
+    assert "john:1" in {m for replica in status["replicas"] for m in replica["models"]}
+    rows = last_json(attune(env, "registry", "list", "--json"))["tenants"]
+    assert {r["tenant"]: r["champion_version"] for r in rows} == {"john": "1", "jane": "1", "newsdesk": "1"}
+
+    texts = [SEED_SENTENCE, "oil slumps 4%"]
+    [model_dir] = (home / "models" / "john").iterdir()
+    local = last_json(attune(env, "predict", "--model", str(model_dir), "--text", texts[0], "--text", texts[1],
+                             "--json"))["predictions"]
+    assert len(local) == 2
+    for pred in local:
+        assert set(pred["scores"]) == {"negative", "neutral", "positive"}
+        assert abs(sum(pred["scores"].values()) - 1) < 1e-3
+    registered = last_json(attune(env, "predict", "--tenant", "john", "--text", texts[0], "--json"))
+    assert registered["model_version"] == "1" and registered["predictions"][0] == local[0]
+    served = resp.json()["predictions"][0]
+    assert served["label"] == local[0]["label"]
+    assert served["scores"] == pytest.approx(local[0]["scores"], abs=1e-4)  # endpoint == CLI == export
+
+
+def _registry_commands(env, home: Path, tiny_base: Path) -> None:
+    """A second, ungated john; then list / show / promote / rollback / delete-tenant."""
+    data = home / "demo-data" / "john.jsonl"
+    second = last_json(attune(env, "finetune", "--tenant", "john", "--data", str(data), "--base", str(tiny_base),
+                              "--epochs", "1", "--max-train-rows", "16", "--max-seq-len", "24", "--no-promote",
+                              "--json"))
+    assert (second["model_version"], second["alias"]) == ("2", "challenger")
+    assert second["promotion"] == {"promoted": False, "reason": "registered with --no-promote; the gate did not run"}
+    rows = {r["tenant"]: r for r in last_json(attune(env, "registry", "list", "--json"))["tenants"]}
+    assert rows["john"]["champion_version"] == "1" and "test_macro_f1" in rows["john"]["metrics"]
+    shown = last_json(attune(env, "registry", "show", "john", "--json"))
+    assert shown["aliases"] == {"champion": "1", "challenger": "2"}
+    v1, v2 = shown["versions"]
+    assert v1["promotion"]["promoted"] and not v2["promotion"]["promoted"]
+    assert v2["lineage"]["base"] == str(tiny_base) and v2["lineage"]["data_hash"] == second["data_hash"]
+    assert last_json(attune(env, "registry", "promote", "john", "2", "--json"))["previous"] == "1"
+    text = attune(env, "registry", "rollback", "john")
+    assert "from version 2 to version 1" in text.stdout
+    refused = attune(env, "registry", "delete-tenant", "john", check=False)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    erased = last_json(attune(env, "registry", "delete-tenant", "john", "--yes", "--json"))
+    assert erased == {"tenant": "john", "deleted_versions": 2, "deleted_runs": 2, "purged": True}
+    assert not (home / "artifacts" / "tenant.john").exists()
+    gone = attune(env, "predict", "--tenant", "john", "--text", "x", check=False)
+    assert gone.returncode == 2 and "has no registered model" in gone.stderr
+    assert {r["tenant"] for r in last_json(attune(env, "registry", "list", "--json"))["tenants"]} == {"jane",
+                                                                                                      "newsdesk"}

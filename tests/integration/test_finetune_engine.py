@@ -1,4 +1,4 @@
-"""Every ZeRO stage and both methods complete with 2 workers; runs are seeded and reproducible.
+"""Every ZeRO stage and both methods (full, LoRA) complete with 2 workers; runs are seeded and reproducible.
 
 Mechanics, not accuracy: these use a tiny random 2-layer BERT so each run takes seconds.
 """
@@ -38,24 +38,25 @@ _REPRO = dict(epochs=2, seed=7)
 _SUMMARIES: dict = {}
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
-def test_every_zero_stage_completes_with_two_workers(ray_session, tiny_base, demo_dir, tmp_path, stage):
+# Each stage once with 2 workers; ZeRO-1 runs the LoRA method (adapters and head only).
+@pytest.mark.parametrize("stage, method", [(0, "full"), (1, "lora"), (2, "full"), (3, "full")])
+def test_every_zero_stage_and_both_methods_complete_with_two_workers(ray_session, tiny_base, demo_dir, tmp_path,
+                                                                     stage, method):
     extra = _REPRO if stage == 2 else {}
+    if method == "lora":
+        extra = dict(method="lora", lora_rank=4)
     summary = finetune(_config(tiny_base, demo_dir, tmp_path, zero_stage=stage, **extra), settings=ray_session)
     _SUMMARIES[stage] = summary
-    manifest = _check_export(summary, "full")
+    manifest = _check_export(summary, method)
     assert summary["metrics"]["zero_stage"] == stage  # what the DeepSpeed engine actually ran
     assert summary["metrics"]["num_workers"] == 2
     assert manifest["params"]["zero_stage"] == stage
-
-
-def test_lora_trains_only_adapters_and_head(ray_session, tiny_base, demo_dir, tmp_path):
-    config = _config(tiny_base, demo_dir, tmp_path, method="lora", lora_rank=4, zero_stage=2)
-    summary = finetune(config, settings=ray_session)
-    _check_export(summary, "lora")
     files = {p.name for p in (tmp_path / "model").iterdir()}
-    assert "adapter_config.json" in files and "adapter_model.safetensors" in files
-    assert "model.safetensors" not in files
+    if method == "lora":
+        assert "adapter_config.json" in files and "adapter_model.safetensors" in files
+        assert "model.safetensors" not in files
+    else:
+        assert "model.safetensors" in files and "adapter_config.json" not in files
 
 
 def test_same_seed_same_result(ray_session, tiny_base, demo_dir, tmp_path):

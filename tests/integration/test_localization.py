@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import pytest
-
-from registry import Registry
 from train import FinetuneConfig, Predictor
 from train._data import load_tenant_data
 from train._finetune import finetune
 
-TINY = dict(num_workers=2, zero_stage=2, epochs=4, lr=1e-4, batch_size=16, max_seq_len=32, patience=2)
+TINY = dict(num_workers=2, zero_stage=2, epochs=4, lr=1e-4, batch_size=16, max_seq_len=32, patience=2,
+            register_model=False)  # the models are under test here; the registry has its own tests
 
 
 def _union(john, jane):
@@ -39,11 +37,11 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
     conflict_jane = [e for e in jane.test if e.text in {c.text for c in conflict_john}]
     assert len(conflict_john) >= 20  # the test split really holds disagreeing rows
 
-    settings = ray_session.model_copy(update={"home": tmp_path / "home"})  # a registry of its own
     models, summaries = {}, {}
-    for name, data in (("john", john), ("jane", jane), ("union", _union(john, jane))):
-        config = FinetuneConfig(tenant=name, data=data.source, out=tmp_path / name, **TINY)
-        summaries[name] = finetune(config, settings=settings, dataset=data)
+    # the union holds twice the rows: half the epochs give it the same optimizer steps as each tenant
+    for name, data, epochs in (("john", john, 4), ("jane", jane, 4), ("union", _union(john, jane), 2)):
+        config = FinetuneConfig(tenant=name, data=data.source, out=tmp_path / name, **{**TINY, "epochs": epochs})
+        summaries[name] = finetune(config, settings=ray_session, dataset=data)
         models[name] = Predictor(summaries[name]["model_dir"])
 
     john_acc = _accuracy(models["john"], conflict_john)
@@ -66,23 +64,3 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, demo_dir, 
         m = summaries[name]["metrics"]
         print(f"{name}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f})")
         assert m["ece_after"] <= m["ece_before"]
-    _second_worse_john_is_not_promoted(settings, john, summaries["john"], tmp_path)
-
-
-def _second_worse_john_is_not_promoted(settings, john, first: dict, tmp_path) -> None:
-    """The registry end to end: v1 was promoted; a 1-step v2 stays challenger; promote and roll back."""
-    registry = Registry.from_settings(settings)
-    assert (first["model_version"], first["alias"]) == ("1", "champion")
-    config = FinetuneConfig(tenant="john", data=john.source, out=tmp_path / "john-1-step",
-                            **{**TINY, "epochs": 1, "max_train_rows": 16})
-    second = finetune(config, settings=settings, dataset=john)
-    decision = second["promotion"]
-    print(f"john v2 (1 step): {decision['reason']}")
-    assert (second["model_version"], second["alias"], decision["promoted"]) == ("2", "challenger", False)
-    assert decision["champion_version"] == "1" and decision["candidate_macro_f1"] < decision["champion_macro_f1"]
-    assert registry.get_version("john", "2").tags["attune.promotion.reason"] == decision["reason"]
-    assert registry.champion("john").version == "1"
-    registry.promote("john", "2", reason="operator override")
-    assert registry.champion("john").version == "2"
-    assert registry.rollback("john") == {"tenant": "john", "champion": "1", "previous": "2"}
-    assert registry.show("john")["aliases"] == {"champion": "1", "challenger": "2"}
