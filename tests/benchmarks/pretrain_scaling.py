@@ -48,7 +48,8 @@ def run_one(label: str, workers: int, stage: int, offload: str, args, settings, 
     summary = pretrain(config, settings=settings)
     shutil.rmtree(summary["model_dir"], ignore_errors=True)
     return {"label": label, "tokens_per_s": summary["tokens_per_s"], "wall_s": round(time.monotonic() - started, 1),
-            "peak_host_memory_mb": summary["peak_host_memory_mb"], "train_tokens": summary["train_tokens"]}
+            "peak_host_memory_mb": summary["peak_host_memory_mb"], "train_tokens": summary["train_tokens"],
+            "zero3_shards": summary.get("zero3_shards") or []}
 
 
 def _table(results: dict, baseline: float) -> list[str]:
@@ -97,6 +98,10 @@ def main() -> None:
     print("\n".join(_table(results, baseline)))
     z2 = statistics.median(r["tokens_per_s"] for r in results["2 workers, ZeRO-2"])
     print(f"ratio 2 workers ZeRO-2 / {BASELINE} tokens/s: {z2 / baseline:.2f}")
+    for shard in results["2 workers, ZeRO-3"][-1]["zero3_shards"]:  # what each rank holds between steps
+        held = shard["partition_numel"] + shard["resident_full_numel"]
+        print(f"ZeRO-3 rank {shard.get('rank', '?')}: holds {held:,} of {shard['total_numel']:,} parameters "
+              f"({held / shard['total_numel']:.3f}; 1/N = {1 / 2:.3f})")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
                                         indent=2))
