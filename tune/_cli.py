@@ -105,7 +105,7 @@ def _run_tune(args: argparse.Namespace) -> int:
         shutdown_ray()
     payload = {k: summary[k] for k in ("tenant", "best_config", "best_metric", "trials", "stopped_early",
                                        "model_version", "alias", "promotion")}
-    payload.update({k: v for k, v in summary.items() if k not in payload and k != "trial_results"})
+    payload.update({k: v for k, v in summary.items() if k not in payload})
     return emit(args, payload, _text(summary))
 
 
