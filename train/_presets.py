@@ -70,7 +70,8 @@ def load_mlm_model(init_dir: Path, *, activation_checkpointing: bool = False):
     """Continue from a local Hugging Face encoder (``--init``).
 
     An encoder without an MLM head (all-MiniLM-L6-v2 is a plain ``BertModel``) gets a freshly
-    initialised head whose decoder is tied to the encoder's word embeddings.
+    initialised head whose decoder is tied to the encoder's word embeddings; ``attune_new_head``
+    on the returned model says whether that happened.
     """
     from transformers import AutoConfig, AutoModelForMaskedLM
     from transformers.utils import logging as hf_logging
@@ -78,7 +79,9 @@ def load_mlm_model(init_dir: Path, *, activation_checkpointing: bool = False):
     config = AutoConfig.from_pretrained(str(init_dir))
     config.tie_word_embeddings = True
     hf_logging.set_verbosity_error()  # "newly initialized: cls.predictions..." is expected here
-    model = AutoModelForMaskedLM.from_pretrained(str(init_dir), config=config)
+    model, info = AutoModelForMaskedLM.from_pretrained(str(init_dir), config=config, output_loading_info=True)
+    prefix = model.base_model_prefix + "."
+    model.attune_new_head = any(not key.startswith(prefix) for key in info["missing_keys"])
     return _finish(model, activation_checkpointing)
 
 

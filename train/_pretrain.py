@@ -60,7 +60,7 @@ def pretrain(config: PretrainConfig, *, settings: Optional[Settings] = None) -> 
         "final_eval_perplexity": summary.get("final_eval_perplexity"),
         "tokens_per_s": summary.get("tokens_per_s"),
         **{k: summary.get(k) for k in ("resumed_from_step", "restarts", "zero_stage", "num_workers", "offload",
-                                       "activation_checkpointing", "parameters", "vocab_size", "zero3_shards",
+                                       "activation_checkpointing", "parameters", "vocab_size", "zero3_shards", "head_warmup",
                                        "train_tokens", "peak_gpu_memory_mb", "peak_host_memory_mb")},
         "corpus_hash": scan["corpus_hash"],
         "wall_seconds": round(time.monotonic() - started, 2),

@@ -16,6 +16,7 @@ _FIELDS = {"corpus": "corpus", "eval_corpus": "eval_corpus", "preset": "preset",
            "tokenizer": "tokenizer", "vocab_size": "vocab_size", "workers": "num_workers",
            "zero_stage": "zero_stage", "offload": "offload", "max_steps": "max_steps", "seq_len": "seq_len",
            "batch_size": "batch_size", "grad_accum": "grad_accum", "lr": "lr", "warmup_ratio": "warmup_ratio",
+           "head_warmup_steps": "head_warmup_steps",
            "eval_every": "eval_every", "eval_sequences": "eval_sequences", "checkpoint_every": "checkpoint_every",
            "seed": "seed", "out": "out", "max_failures": "max_failures",
            "activation_checkpointing": "activation_checkpointing"}
@@ -43,6 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4 from scratch, 5e-5 with --init)")
     p.add_argument("--warmup-ratio", type=float, help="fraction of steps of linear warm-up (default 0.06)")
+    p.add_argument("--head-warmup-steps", type=int,
+                   help="with --init: micro-batches that train only a new MLM head, encoder frozen, before the "
+                        "--max-steps (default 20%% of --max-steps, at most 200, when the encoder has no MLM head)")
     p.add_argument("--eval-every", type=int, help="steps between held-out perplexity evaluations (default 100)")
     p.add_argument("--eval-sequences", type=int, help="held-out sequences evaluated (default 128)")
     p.add_argument("--checkpoint-every", type=int, help="steps between sharded ZeRO checkpoints (default 200)")
@@ -122,7 +126,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         shutdown_ray()
     summary.pop("history", None)
     resumed = f", resumed at step {summary['resumed_from_step']}" if summary.get("resumed_from_step") else ""
+    warm = summary.get("head_warmup")
+    warm = f" -> {warm['eval_perplexity']:.2f} (after {warm['steps']} head warm-up steps)" if warm else ""
     text = (f"base {summary['name']}: {summary['steps']} steps, held-out perplexity "
-            f"{summary['initial_eval_perplexity']:.2f} -> {summary['final_eval_perplexity']:.2f}, "
+            f"{summary['initial_eval_perplexity']:.2f}{warm} -> {summary['final_eval_perplexity']:.2f}, "
             f"{summary['tokens_per_s']:.0f} tokens/s{resumed}\nmodel: {summary['model_dir']}")
     return emit(args, summary, text)

@@ -44,6 +44,10 @@ class PretrainConfig(BaseModel):
     grad_accum: int = Field(default=1, ge=1, le=1024, description="micro-batches per optimizer step")
     lr: Optional[float] = Field(default=None, gt=0, lt=1, description="None: 5e-4 from scratch, 5e-5 with --init")
     warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    head_warmup_steps: Optional[int] = Field(
+        default=None, ge=0, le=100_000,
+        description="micro-batches that train only a new MLM head (encoder frozen) before the --max-steps; "
+                    "None: 20% of --max-steps (at most 200) when the --init encoder has no MLM head, else 0")
     weight_decay: float = Field(default=0.01, ge=0, lt=1)
     mask_prob: float = Field(default=0.15, gt=0, lt=1)
     eval_every: int = Field(default=100, ge=1, description="steps between held-out evaluations")
@@ -78,6 +82,9 @@ class PretrainConfig(BaseModel):
                             "drop --tokenizer")
         if self.vocab_size is not None and self.effective_tokenizer != "train":
             problems.append("--vocab-size only applies with --tokenizer train")
+        if self.head_warmup_steps and self.init is None:
+            problems.append(f"--head-warmup-steps {self.head_warmup_steps} needs --init: a new encoder trains "
+                            "with its head from the start; drop --head-warmup-steps")
         if self.offload == "cpu" and self.zero_stage == 0:
             problems.append("--offload cpu needs --zero-stage 1, 2 or 3 (ZeRO partitions the optimizer state "
                             "it offloads); got --zero-stage 0")

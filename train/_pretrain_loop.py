@@ -38,20 +38,19 @@ def pretrain_loop_per_worker(loop_config: dict) -> Optional[dict]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _setup_logging(rank, loop_config.get("log_level", "INFO"))
     tokenizer = tokenizer_from_files(loop_config["tokenizer_files"])
-    engine = _engine(cfg, _new_model(cfg, tokenizer), world)
+    model, data = _new_model(cfg, tokenizer), _Data(cfg, loop_config, tokenizer, rank, world)
+    eval_set = data.eval_set()
+    first_evals = [] if ray.train.get_checkpoint() is not None else _warm_up(model, cfg, data, eval_set, loop_config)
+    engine = _engine(cfg, model, world)
     state, done_dir = _restore(engine, rank)
     if done_dir is not None:  # the run had already exported; hand the export over again
         return _report_export(done_dir, rank, state)
     torch.manual_seed(cfg.seed + 1000 * rank + state["restarts"])  # dropout stream per rank/attempt
 
-    data = _Data(cfg, loop_config, tokenizer, rank, world)
-    eval_set = data.eval_set()
     if state["initial_eval_perplexity"] is None:
-        loss, ppl = _evaluate(engine, eval_set, cfg.batch_size * 2)
-        state["initial_eval_perplexity"] = ppl
-        state["history"].append({"step": 0, "eval_loss": loss, "eval_perplexity": ppl})
-        if rank == 0:
-            logger.info("step 0/%d  held-out perplexity %.2f (loss %.4f)", cfg.max_steps, ppl, loss)
+        if not first_evals:
+            first_evals = [_evaluate(engine, eval_set, cfg.batch_size * 2, engine.device)]
+        _record_first_evals(first_evals, cfg, rank, state)
     batches = data.train_batches(skip=state["micro_batches"])
     progress = _Progress(rank, world, cfg, state, loop_config.get("progress_interval_s", 10.0))
     losses: list[float] = []
@@ -86,6 +85,42 @@ def _new_model(cfg: PretrainConfig, tokenizer):
         config = encoder_config(cfg.preset, len(tokenizer), pad_token_id=tokenizer.pad_token_id)
         model = build_mlm_model(config, activation_checkpointing=cfg.use_activation_checkpointing)
     return MaskedLMLoss(model)
+
+
+def _warm_up(model, cfg: PretrainConfig, data: "_Data", eval_set, loop_config: dict) -> list:
+    """A new MLM head trains alone first (see ``_pretrain_warmup``): [(loss, ppl) before, after], or []."""
+    from ray.train.torch import get_device
+
+    from train._pretrain_warmup import head_warmup_steps, warm_head
+
+    steps = head_warmup_steps(cfg, model.model)
+    if steps == 0:
+        return []
+    device = get_device()
+    before = _evaluate(model.to(device), eval_set, cfg.batch_size * 2, device)
+    if data.rank == 0:
+        logger.info("the MLM head is new (held-out perplexity %.2f): %d step(s) of head warm-up, encoder frozen",
+                    before[1], steps)
+    batches = data.train_batches(skip=0)
+    warm_head(model, batches, lambda ids, i: data.mask(ids, _mask_seed(cfg.seed + 1, data.rank, i)), steps, device,
+              data.rank, data.world, loop_config.get("progress_interval_s", 10.0))
+    return [before, _evaluate(model, eval_set, cfg.batch_size * 2, device), steps]
+
+
+def _record_first_evals(first_evals: list, cfg: PretrainConfig, rank: int, state: dict) -> None:
+    """Step 0's held-out evaluation (and the one after a head warm-up) into the loop state."""
+    (loss, ppl), rest = first_evals[0], first_evals[1:]
+    state["initial_eval_perplexity"] = ppl
+    state["history"].append({"step": 0, "eval_loss": loss, "eval_perplexity": ppl})
+    if rank == 0:
+        logger.info("step 0/%d  held-out perplexity %.2f (loss %.4f)", cfg.max_steps, ppl, loss)
+    if rest:
+        (loss, ppl), steps = rest
+        state["head_warmup"] = {"steps": steps, "eval_loss": loss, "eval_perplexity": ppl}
+        state["history"].append({"step": 0, "head_warmup_steps": steps, "head_warmup_eval_loss": loss,
+                                 "head_warmup_eval_perplexity": ppl})
+        if rank == 0:
+            logger.info("after the head warm-up: held-out perplexity %.2f (loss %.4f)", ppl, loss)
 
 
 def _engine(cfg: PretrainConfig, model, world: int):
@@ -197,18 +232,19 @@ def _mask_seed(seed: int, rank: int, micro_batch: int) -> int:
     return (seed * 1_000_003 + rank * 7_919 + micro_batch * 104_729) % (2**63 - 1)
 
 
-def _evaluate(engine, eval_set, batch_size: int) -> tuple[float, float]:
-    """Masked-token loss and perplexity on the held-out set, summed over every rank."""
+def _evaluate(engine, eval_set, batch_size: int, device) -> tuple[float, float]:
+    """Masked-token loss and perplexity on the held-out set, summed over every rank (``engine``: the
+    DeepSpeed engine, or the plain model before DeepSpeed takes it)."""
     import torch
     import torch.distributed as dist
 
     inputs, labels = eval_set
-    totals = torch.zeros(2, dtype=torch.float64, device=engine.device)
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     engine.eval()
     with torch.no_grad():
         for i in range(0, len(inputs), batch_size):
             chunk = labels[i:i + batch_size]
-            loss = engine(input_ids=inputs[i:i + batch_size].to(engine.device), labels=chunk.to(engine.device))
+            loss = engine(input_ids=inputs[i:i + batch_size].to(device), labels=chunk.to(device))
             count = int((chunk != IGNORE_INDEX).sum())
             if count:
                 totals[0] += float(loss) * count
@@ -220,7 +256,7 @@ def _evaluate(engine, eval_set, batch_size: int) -> tuple[float, float]:
 
 
 def _record_eval(engine, eval_set, cfg: PretrainConfig, rank: int, state: dict, losses: list, progress) -> None:
-    loss, ppl = _evaluate(engine, eval_set, cfg.batch_size * 2)
+    loss, ppl = _evaluate(engine, eval_set, cfg.batch_size * 2, engine.device)
     row = {"step": state["step"], "eval_loss": loss, "eval_perplexity": ppl,
            "train_loss": sum(losses) / len(losses) if losses else math.nan, "lr": _lr(engine),
            "tokens_per_s": progress.tokens_per_s()}
@@ -298,6 +334,7 @@ def _summary(cfg: PretrainConfig, world: int, state: dict, engine, model, shards
             if state["train_time_s"] else 0.0,
             "train_tokens": state["train_tokens"] * world, "train_time_s": round(state["train_time_s"], 2),
             "restarts": state["restarts"], "resumed_from_step": state["resumed_from_step"],
+            "head_warmup": state.get("head_warmup"),
             "zero_stage": engine.zero_optimization_stage(), "num_workers": world,
             "offload": "cpu" if engine.zero_cpu_offload() else "none",
             "activation_checkpointing": _checkpointing(engine.module.model),

@@ -53,8 +53,8 @@ def test_demo_then_endpoint_predict_rerun_and_registry_commands(env, tiny_base):
 
     first = attune(env, *demo, "--keep-running")
     try:
-        out = _check_first_run(first, port, home, tiny_base)
-        _use_the_running_endpoint(env, first.stderr, out["endpoint"], home)
+        out, model_dir = _check_first_run(first, port, home, tiny_base)
+        _use_the_running_endpoint(env, first.stderr, out["endpoint"], model_dir)
     finally:
         down = attune(env, "serve", "down", "--json", check=False)
     assert down.returncode == 0 and last_json(down) == {"removed": True, "stopped_head": True}, down.stderr[-2000:]
@@ -74,7 +74,8 @@ def test_demo_then_endpoint_predict_rerun_and_registry_commands(env, tiny_base):
     _registry_commands(env, home, tiny_base)
 
 
-def _check_first_run(first, port: int, home: Path, tiny_base: Path) -> dict:
+def _check_first_run(first, port: int, home: Path, tiny_base: Path) -> tuple[dict, Path]:
+    """The demo's JSON line and printed steps, and john's export directory."""
     out = last_json(first)
     assert set(out) == {"results", "endpoint", "seconds"} and out["endpoint"] == f"http://127.0.0.1:{port}"
     assert out["results"][0]["text"] == SEED_SENTENCE and len(out["results"]) >= 3
@@ -98,10 +99,10 @@ def _check_first_run(first, port: int, home: Path, tiny_base: Path) -> dict:
     assert manifest["tenant"] == "john" and manifest["base"] == str(tiny_base)
     assert not any(home.glob("ray_results/finetune-*")), "Ray Train run storage was not cleaned up"
     assert (home / "mlflow.db").is_file() and any((home / "artifacts" / "tenant.john").iterdir())
-    return out
+    return out, model_dir
 
 
-def _use_the_running_endpoint(env, stderr: str, endpoint: str, home: Path) -> None:
+def _use_the_running_endpoint(env, stderr: str, endpoint: str, model_dir: Path) -> None:
     """What a user does next: the printed curl line's key, `serve status`, `registry list`, `predict`."""
     key = re.search(rf"{re.escape(endpoint)}/v1/tenants/john/predict -H 'Authorization: Bearer (\S+)'",
                     stderr).group(1)
@@ -120,7 +121,6 @@ def _use_the_running_endpoint(env, stderr: str, endpoint: str, home: Path) -> No
     assert {r["tenant"]: r["champion_version"] for r in rows} == {"john": "1", "jane": "1", "newsdesk": "1"}
 
     texts = [SEED_SENTENCE, "oil slumps 4%"]
-    [model_dir] = (home / "models" / "john").iterdir()
     local = last_json(attune(env, "predict", "--model", str(model_dir), "--text", texts[0], "--text", texts[1],
                              "--json"))["predictions"]
     assert len(local) == 2

@@ -141,11 +141,15 @@ def test_finetune_accepts_the_pretrained_export(scratch, demo_dir, tmp_path):
     assert Predictor(tmp_path / "john").predict(["gold rises 2%"])[0]["label"] in manifest["labels"]
 
 
-def test_zero_stage_1_with_cpu_offload_finishes(ray_session, tmp_path):
+def test_zero_stage_1_with_cpu_offload_continues_an_encoder_after_a_head_warm_up(ray_session, tiny_base, tmp_path):
+    """--init DIR (an encoder without an MLM head) with --offload cpu: the new head trains alone first."""
+    given = {**SMALL, "preset": None, "vocab_size": None, "init": str(tiny_base)}
     summary = pretrain(PretrainConfig(name="offload", zero_stage=1, offload="cpu", max_steps=4, eval_every=2,
-                                      checkpoint_every=100, track=False, **SMALL),
+                                      checkpoint_every=100, head_warmup_steps=6, track=False, **given),
                        settings=_home(ray_session, tmp_path))
     assert summary["zero_stage"] == 1 and summary["offload"] == "cpu" and summary["steps"] == 4
+    warm = summary["head_warmup"]
+    assert warm["steps"] == 6 and warm["eval_perplexity"] < summary["initial_eval_perplexity"]
     assert summary["final_eval_perplexity"] < summary["initial_eval_perplexity"]
     assert (Path(summary["model_dir"]) / "model.safetensors").is_file()
 
