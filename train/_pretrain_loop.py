@@ -40,7 +40,7 @@ def pretrain_loop_per_worker(loop_config: dict) -> Optional[dict]:
     tokenizer = tokenizer_from_files(loop_config["tokenizer_files"])
     model, data = _new_model(cfg, tokenizer), _Data(cfg, loop_config, tokenizer, rank, world)
     eval_set = data.eval_set()
-    first_evals = [] if ray.train.get_checkpoint() is not None else _warm_up(model, cfg, data, eval_set, loop_config)
+    warm = None if ray.train.get_checkpoint() is not None else _warm_up(model, cfg, data, eval_set, loop_config)
     engine = _engine(cfg, model, world)
     state, done_dir = _restore(engine, rank)
     if done_dir is not None:  # the run had already exported; hand the export over again
@@ -48,9 +48,8 @@ def pretrain_loop_per_worker(loop_config: dict) -> Optional[dict]:
     torch.manual_seed(cfg.seed + 1000 * rank + state["restarts"])  # dropout stream per rank/attempt
 
     if state["initial_eval_perplexity"] is None:
-        if not first_evals:
-            first_evals = [_evaluate(engine, eval_set, cfg.batch_size * 2, engine.device)]
-        _record_first_evals(first_evals, cfg, rank, state)
+        before = warm.pop("before") if warm else _evaluate(engine, eval_set, cfg.batch_size * 2, engine.device)
+        _record_first_evals(before, warm, cfg, rank, state)
     batches = data.train_batches(skip=state["micro_batches"])
     progress = _Progress(rank, world, cfg, state, loop_config.get("progress_interval_s", 10.0))
     losses: list[float] = []
@@ -87,15 +86,16 @@ def _new_model(cfg: PretrainConfig, tokenizer):
     return MaskedLMLoss(model)
 
 
-def _warm_up(model, cfg: PretrainConfig, data: "_Data", eval_set, loop_config: dict) -> list:
-    """A new MLM head trains alone first (see ``_pretrain_warmup``): [(loss, ppl) before, after], or []."""
+def _warm_up(model, cfg: PretrainConfig, data: "_Data", eval_set, loop_config: dict) -> Optional[dict]:
+    """A new MLM head trains alone first (see ``_pretrain_warmup``). None without one, else ``before``
+    (held-out loss and perplexity at step 0), ``steps``, ``eval_loss`` and ``eval_perplexity`` after it."""
     from ray.train.torch import get_device
 
     from train._pretrain_warmup import head_warmup_steps, warm_head
 
     steps = head_warmup_steps(cfg, model.model)
     if steps == 0:
-        return []
+        return None
     device = get_device()
     before = _evaluate(model.to(device), eval_set, cfg.batch_size * 2, device)
     if data.rank == 0:
@@ -104,23 +104,25 @@ def _warm_up(model, cfg: PretrainConfig, data: "_Data", eval_set, loop_config: d
     batches = data.train_batches(skip=0)
     warm_head(model, batches, lambda ids, i: data.mask(ids, _mask_seed(cfg.seed + 1, data.rank, i)), steps, device,
               data.rank, data.world, loop_config.get("progress_interval_s", 10.0))
-    return [before, _evaluate(model, eval_set, cfg.batch_size * 2, device), steps]
+    loss, ppl = _evaluate(model, eval_set, cfg.batch_size * 2, device)
+    return {"before": before, "steps": steps, "eval_loss": loss, "eval_perplexity": ppl}
 
 
-def _record_first_evals(first_evals: list, cfg: PretrainConfig, rank: int, state: dict) -> None:
-    """Step 0's held-out evaluation (and the one after a head warm-up) into the loop state."""
-    (loss, ppl), rest = first_evals[0], first_evals[1:]
+def _record_first_evals(before: tuple, warm: Optional[dict], cfg: PretrainConfig, rank: int, state: dict) -> None:
+    """Step 0's held-out evaluation, and the one after a head warm-up (``warm``), into the loop state."""
+    loss, ppl = before
     state["initial_eval_perplexity"] = ppl
     state["history"].append({"step": 0, "eval_loss": loss, "eval_perplexity": ppl})
     if rank == 0:
         logger.info("step 0/%d  held-out perplexity %.2f (loss %.4f)", cfg.max_steps, ppl, loss)
-    if rest:
-        (loss, ppl), steps = rest
-        state["head_warmup"] = {"steps": steps, "eval_loss": loss, "eval_perplexity": ppl}
-        state["history"].append({"step": 0, "head_warmup_steps": steps, "head_warmup_eval_loss": loss,
-                                 "head_warmup_eval_perplexity": ppl})
+    if warm:
+        state["head_warmup"] = warm
+        state["history"].append({"step": 0, "head_warmup_steps": warm["steps"],
+                                 "head_warmup_eval_loss": warm["eval_loss"],
+                                 "head_warmup_eval_perplexity": warm["eval_perplexity"]})
         if rank == 0:
-            logger.info("after the head warm-up: held-out perplexity %.2f (loss %.4f)", ppl, loss)
+            logger.info("after the head warm-up: held-out perplexity %.2f (loss %.4f)", warm["eval_perplexity"],
+                        warm["eval_loss"])
 
 
 def _engine(cfg: PretrainConfig, model, world: int):

@@ -53,9 +53,9 @@ def warm_head(wrapped, batches, mask, steps: int, device, rank: int, world: int,
             loss = wrapped(input_ids=inputs.to(device), labels=labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grads = torch.cat([p.grad.flatten() for p in head])
-            dist.all_reduce(grads)
-            _unflatten(grads / world, head)
+            for p in head:  # the mean over ranks: every rank keeps the same head
+                dist.all_reduce(p.grad)
+                p.grad /= world
             optimizer.step()
             losses.append(float(loss.detach()))
             now = time.monotonic()
@@ -68,10 +68,3 @@ def warm_head(wrapped, batches, mask, steps: int, device, rank: int, world: int,
             p.requires_grad_(True)
         wrapped.train()
     return losses
-
-
-def _unflatten(flat, params) -> None:
-    offset = 0
-    for p in params:
-        p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
-        offset += p.numel()

@@ -1,8 +1,8 @@
 """Domain adaptation on real data: continued MLM pretraining of MiniLM on finance text, then newsdesk.
 
     .venv/bin/python -m tests.benchmarks.domain_adaptation [--max-steps 200] [--seq-len 64]
-        [--batch-size 16] [--eval-sequences 512] [--pretrain-lr LR] [--head-warmup-steps N] [--epochs 1] [--max-seq-len 48]
-        [--max-train-rows 2000] [--workers 2] [--zero-stage 2] [--seed 0]
+        [--batch-size 16] [--eval-sequences 512] [--pretrain-lr LR] [--head-warmup-steps N]
+        [--epochs 1] [--max-seq-len 48] [--max-train-rows 2000] [--workers 2] [--zero-stage 2] [--seed 0]
         [--control-corpus ../shared/data/wikitext-2/valid.txt] [--json PATH] [--keep]
 
 The newsdesk tenant file is built as ``attune data demo`` builds it (the Twitter Financial News
