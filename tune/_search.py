@@ -89,14 +89,26 @@ def build_scheduler(job: TuneJob):
     return FIFOScheduler()
 
 
+def tpe_startup_trials(trials: int) -> int:
+    """How many of a search's trials TPE samples at random before it models the results.
+
+    Optuna's default is 10 whatever the budget, so a search of 10 trials or fewer (attune's
+    default is 8) would never use TPE at all. A quarter of the trials, at least 3 and at most
+    Optuna's 10, leaves TPE most of a small search and keeps Optuna's behaviour for large ones.
+    """
+    return max(3, min(10, trials // 4))
+
+
 def build_searcher(job: TuneJob, max_concurrent: int):
-    """Optuna's TPE (its default sampler) or seeded random sampling, at most ``max_concurrent`` live trials."""
+    """Optuna's TPE or seeded random sampling, at most ``max_concurrent`` live trials."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if job.search == "optuna":
+        from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
 
-        return ConcurrencyLimiter(OptunaSearch(seed=job.seed), max_concurrent=max_concurrent)
+        sampler = TPESampler(seed=job.seed, n_startup_trials=tpe_startup_trials(job.trials))
+        return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
     # a generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it, so limit it here
     return BasicVariantGenerator(random_state=job.seed, max_concurrent=max_concurrent)
 

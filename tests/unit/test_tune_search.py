@@ -4,7 +4,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining
 
 from tune import TuneError, TuneJob, default_space
 from tune._search import (DRIVER_MEMORY_BYTES, build_scheduler, build_searcher, max_concurrent_trials,
-                          trial_resources)
+                          tpe_startup_trials, trial_resources)
 from tune._space import parse_space
 from tune._tracking import TrialOutcome, pick_best
 from tune._trial import _tune_metrics
@@ -93,6 +93,8 @@ def test_searchers_are_seeded_and_limited_to_the_concurrency():
     optuna = build_searcher(_job(search="optuna", seed=7), max_concurrent=2)
     assert type(optuna).__name__ == "ConcurrencyLimiter" and optuna.max_concurrent == 2
     assert type(optuna.searcher).__name__ == "OptunaSearch"
+    assert optuna.searcher._sampler._n_startup_trials == 3  # 8 trials: TPE models the results from the 4th on
+    assert [tpe_startup_trials(n) for n in (1, 8, 20, 40, 1000)] == [3, 3, 5, 10, 10]
     random = build_searcher(_job(search="random"), max_concurrent=3)
     assert type(random).__name__ == "BasicVariantGenerator" and random.max_concurrent == 3
 
