@@ -53,13 +53,30 @@ def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
 def init_engine(model, optimizer, scheduler, config: dict):
     """``deepspeed.initialize`` with our torch optimizer (no fused-op build on CPU)."""
     choose_ds_accelerator()
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
         dist_init_required=False,
     )
     return engine, scheduler
+
+
+def import_deepspeed():
+    """``import deepspeed``, without the MLflow import DeepSpeed's autotuner makes whenever MLflow is
+    installed: about 1.7 s of every training worker's start-up, for a tool our loops never run
+    (and only ``registry/`` talks to MLflow). Later imports of MLflow in the process still work."""
+    import sys
+
+    if "deepspeed" in sys.modules or "mlflow" in sys.modules:
+        import deepspeed
+
+        return deepspeed
+    sys.modules["mlflow"] = None  # `import mlflow` raises ImportError while this is set
+    try:
+        import deepspeed
+    finally:
+        del sys.modules["mlflow"]
+    return deepspeed
 
 
 def gather_state_dict(engine, zero_stage: int, rank: int) -> Optional[dict]:

@@ -247,6 +247,7 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     if rank != 0:
         ray.train.report({"done": True}, checkpoint=None)
         return None
+    _use_idle_cores()
     model = _new_model(cfg, base_dir, labels)
     model.load_state_dict(best)
     val_logits, _ = predict_logits(model, splits["validation"], 64, "cpu")
@@ -272,6 +273,17 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
         shutil.rmtree(export_dir.parent, ignore_errors=True)
     return {"metrics": metrics, "history": state["history"], "test_logits": test_logits.tolist(),
             "worker_nodes": nodes}
+
+
+def _use_idle_cores() -> None:
+    """Rank 0 evaluates and exports alone while the other ranks on its node wait for it: let its
+    CPU kernels use their cores too (Ray gives each worker one thread per CPU it holds)."""
+    import ray.train
+    import torch
+
+    local = ray.train.get_context().get_local_world_size()
+    if local > 1:
+        torch.set_num_threads(torch.get_num_threads() * local)
 
 
 def _worker_nodes(world: int) -> list[str]:

@@ -134,6 +134,7 @@ def _engine(cfg: PretrainConfig, model, world: int):
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     gpu = ds.use_gpu_here()
     if cfg.offload == "cpu" and gpu:  # the optimizer step runs on the host: DeepSpeed's vectorised Adam
+        ds.import_deepspeed()
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(groups, lr=cfg.effective_lr, betas=(0.9, 0.98), eps=1e-6, adamw_mode=True)

@@ -36,3 +36,28 @@ def test_settings_read_environment_with_units_and_validate():
 def test_bad_setting_names_the_variable_and_value():
     with pytest.raises(SettingsError, match=r"ATTUNE_ZERO_STAGE='7'"):
         get_settings({"ATTUNE_ZERO_STAGE": "7"})
+
+
+def test_ray_train_env_polls_faster_and_drops_the_preemption_watcher_on_one_machine(monkeypatch):
+    from cluster._runtime import _job_env
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    local, remote = _job_env(local=True), _job_env(local=False)
+    assert local["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == remote["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in remote  # a real cluster's nodes can be preempted
+    assert local["HF_HUB_OFFLINE"] == "1"
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")  # the user's own value wins
+    assert _job_env(local=True)["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_deepspeed_is_imported_without_mlflow_and_mlflow_still_imports_after():
+    import subprocess
+    import sys
+
+    code = ("import sys; from train._deepspeed import import_deepspeed; import_deepspeed(); "
+            "loaded = 'mlflow' in sys.modules; import mlflow; print(loaded, mlflow.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["False", "mlflow"]
