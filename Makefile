@@ -13,12 +13,15 @@ export ATTUNE_HOME
 
 install: $(STAMP)
 
-# torch is pinned and installed first so pip never resolves a CUDA build.
+# torch is pinned and installed first so pip never resolves a CUDA build. On a CPU machine the
+# last step compiles DeepSpeed's CPU all-reduce op (about a minute, once) so that the first
+# training run does not.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -c "from train._deepspeed import build_cpu_ops; print('DeepSpeed CPU op:', 'built' if build_cpu_ops() else 'not needed here')"
 	touch $(STAMP)
 
 # The end-to-end demo (`attune demo`): write the demo data, fine-tune john, jane and newsdesk

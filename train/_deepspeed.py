@@ -52,13 +52,37 @@ def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
 
 def init_engine(model, optimizer, scheduler, config: dict):
     """``deepspeed.initialize`` with our torch optimizer (no fused-op build on CPU)."""
-    choose_ds_accelerator()
+    build_cpu_ops()  # on CPU: a clear error here rather than deep inside DeepSpeed's comm set-up
     deepspeed = import_deepspeed()
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config,
         dist_init_required=False,
     )
     return engine, scheduler
+
+
+def build_cpu_ops() -> bool:
+    """Build (or load from the torch extensions cache) DeepSpeed's CPU shared-memory all-reduce op.
+
+    DeepSpeed compiles it with the system C++ compiler the first time a CPU process group starts:
+    about 50 s inside the first training run's workers. ``make install`` and the container image
+    call this ahead of time. Returns whether an op was built; False off CPU, or on a platform the
+    op does not support (DeepSpeed then uses plain gloo). Raises ``RuntimeError`` with what to do
+    when the compiler is missing or the build fails.
+    """
+    if choose_ds_accelerator() != "cpu":
+        return False
+    import_deepspeed()
+    from deepspeed.comm.torch import build_shm_op
+
+    try:
+        return build_shm_op() is not None
+    except Exception as exc:  # CalledProcessError (no compiler), RuntimeError (build error), ...
+        raise RuntimeError(
+            f"DeepSpeed could not build its CPU communication op (deepspeed_shm_comm): {exc}. "
+            "CPU training with DeepSpeed compiles it once with a C++ compiler: install g++ "
+            "(Debian: apt-get install g++), or point CXX at one, then run again."
+        ) from exc
 
 
 def import_deepspeed():

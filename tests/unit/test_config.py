@@ -61,3 +61,21 @@ def test_deepspeed_is_imported_without_mlflow_and_mlflow_still_imports_after():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["False", "mlflow"]
+
+
+def test_a_missing_cpp_compiler_is_named_before_training_starts(tmp_path):
+    """Without a compiler DeepSpeed fails deep in its comm set-up; build_cpu_ops says what to install."""
+    import os
+    import subprocess
+    import sys
+
+    broken = tmp_path / "c++"
+    broken.write_text("#!/bin/sh\nexit 1\n")
+    broken.chmod(0o755)
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "CXX": str(broken),
+           "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}  # an empty cache: it must compile
+    code = "from train._deepspeed import build_cpu_ops; build_cpu_ops()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0
+    assert "RuntimeError: DeepSpeed could not build its CPU communication op" in out.stderr
+    assert "install g++" in out.stderr and str(broken) in out.stderr  # the offending compiler is named

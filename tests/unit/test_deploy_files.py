@@ -198,6 +198,19 @@ def test_dockerfile_pins_torch_installs_the_project_and_matches_pyproject():
     assert all(f"!{p.rstrip('*')}/**" in ignored for p in packages)
 
 
+def test_image_can_train_on_cpu_nodes_without_compiling_at_run_time():
+    """DeepSpeed's CPU process groups load a C++ op: the image carries the compiler and the built op,
+    where its non-root runtime user can read it."""
+    text = DOCKERFILE.read_text()
+    apt = re.search(r"apt-get install -y --no-install-recommends (.+?) \\$", text, flags=re.M).group(1).split()
+    assert "g++" in apt
+    extensions = re.search(r"TORCH_EXTENSIONS_DIR=(\S+)", text).group(1)
+    build = text.index("build_cpu_ops()")
+    assert build > text.index("COPY train ./train") and "DS_ACCELERATOR=cpu python" in text[build - 200:build]
+    assert re.search(r'chown -R ray "\$\{TORCH_EXTENSIONS_DIR\}"', text) and extensions.startswith("/opt/")
+    assert text.index("chown -R ray") < text.index("USER ray")
+
+
 @pytest.mark.parametrize("name", ["raycluster.yaml", "rayjob-finetune.yaml", "rayservice.yaml"])
 def test_head_ports_and_settings_come_from_the_shared_config(name):
     spec = _cluster_specs()[name]
