@@ -80,8 +80,8 @@ def _setup_logging(rank: int, level: str) -> None:
 def _new_model(cfg: FinetuneConfig, base_dir: Path, labels: list[str]):
     import torch
 
-    torch.manual_seed(cfg.seed)  # the same head on every rank and every attempt
-    return build_classifier(base_dir, labels, method=cfg.method, lora_rank=cfg.lora_rank,
+    torch.manual_seed(cfg.seed)  # the same weights on every rank and every attempt (LoRA's too)
+    return build_classifier(base_dir, labels, method=cfg.method, seed=cfg.seed, lora_rank=cfg.lora_rank,
                             lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
 
 

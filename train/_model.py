@@ -42,9 +42,9 @@ def load_tokenizer(base_dir: Path):
     return AutoTokenizer.from_pretrained(str(base_dir))
 
 
-def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
+def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full", seed: int = 0,
                      lora_rank: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1):
-    """A sequence classifier over ``base_dir`` with a fresh head for ``labels``.
+    """A sequence classifier over ``base_dir`` with a fresh head for ``labels``, drawn from ``seed``.
 
     ``method="lora"`` wraps the encoder in PEFT LoRA adapters on the attention
     projections; only the adapters and the classification head are trainable.
@@ -52,15 +52,40 @@ def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
-    model = classifier_class(base_dir).from_pretrained(
+    model, info = classifier_class(base_dir).from_pretrained(
         str(base_dir),
         num_labels=len(labels),
         id2label=dict(enumerate(labels)),
         label2id={label: i for i, label in enumerate(labels)},
+        output_loading_info=True,
     )
+    draw_new_weights(model, info["missing_keys"], seed)
     if method == "lora":
         model = _wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
     return model
+
+
+def draw_new_weights(model, missing_keys, seed: int) -> list[str]:
+    """Redraw the weight matrices ``base_dir`` did not have from a generator seeded with ``seed`` alone.
+
+    Hugging Face draws them from the global random stream, in module order, so the head a
+    seed gives would depend on what else the checkpoint lacks: an ``attune pretrain`` export
+    has no [CLS] pooler, and drawing one first gave its classifier a different head than
+    MiniLM's under the same seed. The head is drawn first, so it depends only on the seed and
+    its shape: with one ``seed``, fine-tunes from different bases start from the same head.
+    Returns the redrawn names, in drawing order.
+    """
+    import torch
+
+    params = dict(model.named_parameters())
+    names = [n for n in missing_keys if n in params and params[n].ndim >= 2]
+    names.sort(key=lambda n: (not n.split(".")[0].endswith("classifier"), n))  # head first
+    generator = torch.Generator().manual_seed(seed)
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for name in names:
+            params[name].normal_(0.0, std, generator=generator)
+    return names
 
 
 def classifier_class(model_dir: Path):

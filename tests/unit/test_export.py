@@ -39,3 +39,34 @@ def test_export_then_predict_round_trip(tiny_base, tmp_path, method):
 def test_reading_a_directory_without_manifest_says_what_to_pass(tmp_path):
     with pytest.raises(TrainError, match="attune.json is missing"):
         read_manifest(tmp_path)
+
+
+def test_a_seed_draws_the_same_head_whatever_else_the_base_lacks(tiny_base, tmp_path):
+    """An `attune pretrain` export has no [CLS] pooler; its classifier must still start from the head
+    MiniLM's would under the same seed, or a base comparison measures the head's draw, not the base."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    headless = tmp_path / "no-pooler"
+    shutil.copytree(tiny_base, headless)
+    weights = load_file(str(headless / "model.safetensors"))
+    pooler = [key for key in weights if "pooler" in key]
+    assert pooler, "the tiny base should carry a pooler for this test to mean anything"
+    save_file({k: v for k, v in weights.items() if k not in pooler}, str(headless / "model.safetensors"),
+              metadata={"format": "pt"})
+    labels = ["negative", "neutral", "positive"]
+
+    torch.manual_seed(123)  # the global stream must not matter
+    full = build_classifier(tiny_base, labels, seed=7)
+    torch.manual_seed(456)
+    stripped = build_classifier(headless, labels, seed=7)
+    assert torch.equal(full.classifier.weight, stripped.classifier.weight)
+    assert torch.count_nonzero(full.classifier.weight) == full.classifier.weight.numel()
+    other = build_classifier(tiny_base, labels, seed=8)
+    assert not torch.equal(full.classifier.weight, other.classifier.weight)
+    # the pooler the stripped base lacked is drawn too (after the head), the one it had is loaded
+    assert not torch.equal(full.bert.pooler.dense.weight, stripped.bert.pooler.dense.weight)
+    loaded = weights[next(k for k in pooler if k.endswith("dense.weight"))]
+    assert torch.equal(full.bert.pooler.dense.weight, loaded)
