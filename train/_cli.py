@@ -42,6 +42,9 @@ def _register_finetune(subparsers) -> None:
     p.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--head-warmup-steps", type=int, default=0,
+                   help="micro-batches the new head trains alone, encoder frozen, before fine-tuning (LP-FT; "
+                        "default 0: off)")
     p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (--method lora)")
     p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (--method lora)")
     p.add_argument("--max-failures", type=int, default=None,
@@ -108,7 +111,7 @@ def finetune_config_from_args(args: argparse.Namespace, settings):
         zero_stage=settings.zero_stage if args.zero_stage is None else args.zero_stage,
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         seed=args.seed, out=args.out, patience=args.patience, weight_decay=args.weight_decay,
-        warmup_ratio=args.warmup_ratio, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        warmup_ratio=args.warmup_ratio, head_warmup_steps=args.head_warmup_steps, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
         max_train_rows=args.max_train_rows, promote=not args.no_promote,
         promotion_margin=args.promotion_margin, promotion_floor=args.promotion_floor,

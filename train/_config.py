@@ -28,6 +28,8 @@ class FinetuneConfig(BaseModel):
     out: Optional[Path] = None
     weight_decay: float = Field(default=0.01, ge=0, lt=1)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    head_warmup_steps: int = Field(default=0, ge=0, le=100_000,
+                                   description="steps the new head trains alone, encoder frozen, before fine-tuning")
     patience: int = Field(default=2, ge=1, description="epochs without val macro-F1 gain before stopping")
     lora_rank: int = Field(default=8, ge=1, le=256)
     lora_alpha: int = Field(default=16, ge=1)

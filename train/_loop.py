@@ -19,7 +19,7 @@ from train._batching import LengthBucketSampler
 from train._config import FinetuneConfig
 from train._export import build_manifest, export_model
 from train._metrics import classification_report, fit_temperature, macro_f1
-from train._model import build_classifier, load_tokenizer, resolve_base
+from train._model import build_classifier, classifier_head, load_tokenizer, resolve_base
 
 logger = logging.getLogger("attune.train")
 
@@ -43,10 +43,13 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     splits = {name: _encode(tokenizer, data[name], cfg.max_seq_len) for name in ("train", "validation", "test")}
     model = _new_model(cfg, base_dir, labels)
     loader = _loader(splits["train"], cfg.batch_size, rank, world, cfg.seed, shuffle=True)
+    warmed = _warm_head(cfg, model, loader, rank, world, loop_config)  # before DeepSpeed takes the model
     total_steps = cfg.epochs * len(loader)
     engine, scheduler = _engine(cfg, model, total_steps, world)
     state, best = _restore(engine, scheduler, cfg, rank, loop_config.get("initial_checkpoint"))
     state["zero_stage"] = engine.zero_optimization_stage()
+    if warmed:
+        state["head_warmup"] = {"steps": len(warmed), "first_loss": warmed[0], "last_loss": warmed[-1]}
     torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
 
     progress = _Progress(rank, world, cfg, total_steps, loop_config.get("progress_interval_s", 10.0))
@@ -102,6 +105,42 @@ def _loader(dataset, batch_size: int, rank: int, world: int, seed: int, shuffle:
     sampler = LengthBucketSampler(_lengths(dataset), batch_size, rank=rank, world=world, seed=seed,
                                   shuffle=shuffle, bucket_batches=1)
     return DataLoader(dataset, batch_sampler=sampler)
+
+
+def _warm_head(cfg: FinetuneConfig, model, loader, rank: int, world: int, loop_config: dict) -> list[float]:
+    """``--head-warmup-steps``: the new classification head trains alone first, the encoder frozen
+    (``train._head_only``). Not when the run starts from a checkpoint: that holds the warmed head."""
+    import itertools
+
+    import ray.train
+    from ray.train.torch import get_device
+
+    from train._head_only import train_head_alone
+
+    if not cfg.head_warmup_steps or ray.train.get_checkpoint() or loop_config.get("initial_checkpoint"):
+        return []
+    head = classifier_head(model)
+    device = get_device()
+    model.to(device)
+
+    def batches():
+        for epoch in itertools.count():
+            loader.batch_sampler.set_epoch(epoch)
+            yield from loader
+
+    stream = batches()
+
+    def loss_at(step: int):
+        input_ids, attention_mask, labels, _ = next(stream)
+        input_ids, attention_mask = _trim(input_ids, attention_mask)
+        return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                     labels=labels.to(device)).loss
+
+    if rank == 0:
+        logger.info("head warm-up: the new head trains alone for %d step(s), the encoder frozen",
+                    cfg.head_warmup_steps)
+    return train_head_alone(model, head, loss_at, cfg.head_warmup_steps, rank=rank, world=world,
+                            interval_s=loop_config.get("progress_interval_s", 10.0))
 
 
 def _engine(cfg: FinetuneConfig, model, total_steps: int, world: int):
@@ -256,6 +295,7 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
+                   head_warmup_steps=state.get("head_warmup", {}).get("steps", 0),
                    num_workers=world, train_samples_per_s=_throughput(state, world))
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(

@@ -65,6 +65,11 @@ def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
     return model
 
 
+def classifier_head(model) -> list:
+    """The trainable parameters of the classification head (under LoRA, PEFT's trainable copy of it)."""
+    return [p for name, p in model.named_parameters() if "classifier" in name.split(".") and p.requires_grad]
+
+
 def draw_new_weights(model, missing_keys, seed: int) -> list[str]:
     """Redraw the weight matrices ``base_dir`` did not have from a generator seeded with ``seed`` alone.
 

@@ -7,15 +7,12 @@ fine-tunes from: linear probing before fine-tuning (Kumar et al., 2022, "Fine-Tu
 Pretrained Features") avoids that. So the head trains alone first, on the same masked stream,
 with the whole encoder (word embeddings included, which the decoder is tied to) frozen: only the
 head's transform and output bias move. It runs before DeepSpeed takes the model, in plain PyTorch,
-with the head's gradients averaged over the ranks so that every rank keeps the same head.
+with the head's gradients averaged over the ranks so that every rank keeps the same head
+(``train._head_only``, which a tenant's classification head shares).
 """
 from __future__ import annotations
 
-import logging
-import time
-
-logger = logging.getLogger("attune.train")
-HEAD_LR = 1e-3  # the head is small and starts random; the encoder's rate would take hundreds of steps
+from train._head_only import train_head_alone
 
 
 def head_warmup_steps(cfg, model) -> int:
@@ -35,36 +32,14 @@ def head_parameters(model) -> list:
 
 def warm_head(wrapped, batches, mask, steps: int, device, rank: int, world: int, interval_s: float) -> list[float]:
     """Train the head of ``wrapped`` (a ``MaskedLMLoss``) for ``steps`` micro-batches; the losses."""
-    import torch
-    import torch.distributed as dist
+    wrapped.to(device)
 
-    head = head_parameters(wrapped.model)
-    for p in wrapped.parameters():
-        p.requires_grad_(False)
-    for p in head:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(head, lr=HEAD_LR, weight_decay=0.0)
-    wrapped.to(device).eval()  # no dropout: the encoder is a fixed feature extractor here
-    losses: list[float] = []
-    started = last = time.monotonic()
+    def loss_at(step: int):
+        inputs, labels = mask(next(batches), step)
+        return wrapped(input_ids=inputs.to(device), labels=labels.to(device))
+
     try:
-        for step in range(1, steps + 1):
-            inputs, labels = mask(next(batches), step)
-            loss = wrapped(input_ids=inputs.to(device), labels=labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            for p in head:  # the mean over ranks: every rank keeps the same head
-                dist.all_reduce(p.grad)
-                p.grad /= world
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            now = time.monotonic()
-            if rank == 0 and (now - last >= interval_s or step == steps):
-                last = now
-                logger.info("head warm-up %d/%d  loss %.4f  (encoder frozen, %.0f s)", step, steps, losses[-1],
-                            now - started)
+        return train_head_alone(wrapped, head_parameters(wrapped.model), loss_at, steps, rank=rank, world=world,
+                                interval_s=interval_s)
     finally:
-        for p in wrapped.parameters():
-            p.requires_grad_(True)
         wrapped.train()
-    return losses

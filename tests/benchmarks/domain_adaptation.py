@@ -127,6 +127,8 @@ def finetune(name: str, base: str, data_path: Path, data, args, workdir: Path) -
         argv += ["--max-train-rows", str(args.max_train_rows)]
     if args.ft_lr is not None:
         argv += ["--lr", str(args.ft_lr)]
+    if args.ft_head_warmup_steps:
+        argv += ["--head-warmup-steps", str(args.ft_head_warmup_steps)]
     summary, wall = run_cli(f"finetune-{name}", argv, workdir)
     if summary["split_counts"] != data.split_counts() or summary["data_hash"] != data.data_hash:
         raise SystemExit(f"finetune {name} split the data differently from load_tenant_data: "
@@ -186,6 +188,8 @@ def parse_args() -> argparse.Namespace:
     ft.add_argument("--max-train-rows", type=int, default=None, help="default: the whole train split")
     ft.add_argument("--ft-batch-size", type=int, default=16)
     ft.add_argument("--ft-lr", type=float, default=None, help="default: attune finetune's (1e-4)")
+    ft.add_argument("--ft-head-warmup-steps", type=int, default=0,
+                    help="finetune --head-warmup-steps for both bases (LP-FT; default 0: off)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     parser.add_argument("--seed", type=int, default=0)
@@ -239,7 +243,7 @@ def main() -> None:
           "head only = after the head warm-up, encoder frozen, before any encoder step)")
     rows = args.max_train_rows or results["split_counts"]["train"]
     print(f"\nnewsdesk test split, {args.epochs} epoch(s), {rows} train rows, seq {args.max_seq_len}, "
-          f"seed {args.seed}; baseline: {BASELINE}")
+          f"seed {args.seed}, head warm-up {args.ft_head_warmup_steps} steps; baseline: {BASELINE}")
     print("\n".join(finetune_lines(results["finetune"])))
     from tests.benchmarks.linear_probe import probe_lines
 

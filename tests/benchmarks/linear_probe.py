@@ -33,9 +33,11 @@ def embed(base: str, texts: list[str], max_seq_len: int, batch_size: int = 128) 
     """Mean-pooled last hidden states of ``texts`` under the encoder ``base`` (``minilm`` or a directory)."""
     import torch
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     from train._model import load_tokenizer, resolve_base
 
+    hf_logging.set_verbosity_error()  # the unused pooler and MLM-head weights are expected here
     base_dir = resolve_base(base)
     tokenizer = load_tokenizer(base_dir)
     model = AutoModel.from_pretrained(str(base_dir), add_pooling_layer=False).eval()

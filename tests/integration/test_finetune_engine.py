@@ -38,18 +38,22 @@ _REPRO = dict(epochs=2, seed=7)
 _SUMMARIES: dict = {}
 
 
-# Each stage once with 2 workers; ZeRO-1 runs the LoRA method (adapters and head only).
+# Each stage once with 2 workers; ZeRO-1 runs the LoRA method (adapters and head only). ZeRO-1 and
+# ZeRO-3 (whose engine partitions the parameters) first warm the new head alone (--head-warmup-steps).
 @pytest.mark.parametrize("stage, method", [(0, "full"), (1, "lora"), (2, "full"), (3, "full")])
 def test_every_zero_stage_and_both_methods_complete_with_two_workers(ray_session, tiny_base, demo_dir, tmp_path,
                                                                      stage, method):
     extra = _REPRO if stage == 2 else {}
     if method == "lora":
         extra = dict(method="lora", lora_rank=4)
+    if stage in (1, 3):
+        extra = dict(extra, head_warmup_steps=4)
     summary = finetune(_config(tiny_base, demo_dir, tmp_path, zero_stage=stage, **extra), settings=ray_session)
     _SUMMARIES[stage] = summary
     manifest = _check_export(summary, method)
     assert summary["metrics"]["zero_stage"] == stage  # what the DeepSpeed engine actually ran
     assert summary["metrics"]["num_workers"] == 2
+    assert summary["metrics"]["head_warmup_steps"] == extra.get("head_warmup_steps", 0)
     assert manifest["params"]["zero_stage"] == stage
     files = {p.name for p in (tmp_path / "model").iterdir()}
     if method == "lora":

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from train._mlm import mask_tokens
 from train._mlm_head import MaskedLMLoss
@@ -22,15 +21,6 @@ def encoder_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("encoder")
     mlm.bert.save_pretrained(str(path))
     return path
-
-
-@pytest.fixture(scope="module")
-def one_rank_group(tmp_path_factory):
-    """A one-process gloo group, as a Ray Train worker has (no Ray here)."""
-    store = dist.FileStore(str(tmp_path_factory.mktemp("store") / "file"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 def _config(**overrides) -> PretrainConfig:
