@@ -19,7 +19,7 @@ HEAD_LR = 1e-3  # the head is small and starts random; an encoder's rate would t
 
 
 def train_head_alone(module, head: list, loss_at: Callable[[int], object], steps: int, *, rank: int, world: int,
-                     interval_s: float, what: str = "head warm-up") -> list[float]:
+                     interval_s: float) -> list[float]:
     """``steps`` AdamW steps on ``head`` (parameters of ``module``) alone; ``loss_at(step)`` gives each
     step's loss (1-based). Dropout is off and every other parameter is frozen meanwhile; each
     parameter's ``requires_grad`` and the module's mode are restored after. Returns the losses."""
@@ -49,7 +49,7 @@ def train_head_alone(module, head: list, loss_at: Callable[[int], object], steps
             now = time.monotonic()
             if rank == 0 and (now - last >= interval_s or step == steps):
                 last = now
-                logger.info("%s %d/%d  loss %.4f  (encoder frozen, %.0f s)", what, step, steps, losses[-1],
+                logger.info("head warm-up %d/%d  loss %.4f  (encoder frozen, %.0f s)", step, steps, losses[-1],
                             now - started)
     finally:
         for p in module.parameters():

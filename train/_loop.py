@@ -48,8 +48,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     engine, scheduler = _engine(cfg, model, total_steps, world)
     state, best = _restore(engine, scheduler, cfg, rank, loop_config.get("initial_checkpoint"))
     state["zero_stage"] = engine.zero_optimization_stage()
-    if warmed:
-        state["head_warmup"] = {"steps": len(warmed), "first_loss": warmed[0], "last_loss": warmed[-1]}
+    if warmed:  # a run restored from a checkpoint has its count there
+        state["head_warmup_steps"] = len(warmed)
     torch.manual_seed(cfg.seed + 1000 * rank + state["epoch"])  # dropout stream per rank/epoch
 
     progress = _Progress(rank, world, cfg, total_steps, loop_config.get("progress_interval_s", 10.0))
@@ -295,7 +295,7 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
-                   head_warmup_steps=state.get("head_warmup", {}).get("steps", 0),
+                   head_warmup_steps=state.get("head_warmup_steps", 0),
                    num_workers=world, train_samples_per_s=_throughput(state, world))
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(
