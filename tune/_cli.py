@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-epochs", type=int, default=4,
                    help="the default space's largest epoch count; the fixed count when a space omits epochs")
     p.add_argument("--max-train-rows", type=int, default=None, help="use only the first N train-split rows")
+    p.add_argument("--head-warmup-steps", type=int, default=0,
+                   help="every trial's new head first trains alone for N micro-batches, encoder frozen "
+                        "(LP-FT, as in attune finetune; default 0: off; a space key may search it)")
     p.add_argument("--max-seq-len", type=int, default=64, help="tokens per text (default 64)")
     p.add_argument("--patience", type=int, default=2, help="a trial stops after this many epochs without gain")
     p.add_argument("--seed", type=int, default=0, help="seeds the searcher and every trial")
@@ -67,7 +70,7 @@ def job_from_args(args: argparse.Namespace, settings):
         zero_stage=settings.zero_stage if args.zero_stage is None else args.zero_stage,
         max_seq_len=args.max_seq_len, seed=args.seed, patience=args.patience,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
-        max_train_rows=args.max_train_rows, max_epochs=args.max_epochs, trials=args.trials,
+        max_train_rows=args.max_train_rows, head_warmup_steps=args.head_warmup_steps, max_epochs=args.max_epochs, trials=args.trials,
         scheduler=args.scheduler, search=search, max_concurrent=args.max_concurrent,
         time_budget_s=args.time_budget_s, metric=args.metric, promote=not args.no_promote,
         promotion_margin=args.promotion_margin, promotion_floor=args.promotion_floor, space=space,

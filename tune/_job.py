@@ -7,11 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from registry import check_tenant_id
 from train._config import FinetuneConfig
-from tune._space import SearchSpace
+from tune._space import INTEGER_KEYS, SearchSpace
 
 # FinetuneConfig fields a job fixes for every trial; the space may override the tunable ones.
 FIXED_FIELDS = ("tenant", "data", "base", "method", "num_workers", "zero_stage", "max_seq_len", "seed",
-                "patience", "max_failures", "max_train_rows", "use_gpu")
+                "patience", "max_failures", "max_train_rows", "use_gpu", "head_warmup_steps")
 
 
 class TuneJob(BaseModel):
@@ -31,6 +31,8 @@ class TuneJob(BaseModel):
     max_failures: int = Field(default=2, ge=0, description="worker-group restarts within one trial")
     max_train_rows: Optional[int] = Field(default=None, ge=1)
     use_gpu: Optional[bool] = None
+    head_warmup_steps: int = Field(default=0, ge=0, le=100_000,
+                                   description="--head-warmup-steps: every trial's head trains alone first (LP-FT)")
     max_epochs: int = Field(default=4, ge=1, le=100, description="epochs when the space does not search them")
     trials: int = Field(default=8, ge=1, le=10000)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"
@@ -72,8 +74,7 @@ class TuneJob(BaseModel):
         """The fine-tuning config of one trial: the fixed fields plus the trial's sampled values."""
         values = {name: getattr(self, name) for name in FIXED_FIELDS}
         values.update(epochs=self.max_epochs, register_model=False, promote=False)
-        values.update({k: (int(v) if k in ("batch_size", "epochs", "lora_rank", "lora_alpha") else v)
-                       for k, v in params.items()})
+        values.update({k: (int(v) if k in INTEGER_KEYS else v) for k, v in params.items()})
         return FinetuneConfig(**values)
 
     def fixed_params(self) -> dict:

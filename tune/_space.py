@@ -7,6 +7,7 @@ A space file maps fine-tuning options to distributions::
     epochs: {randint: [2, 4]}          # both ends included
     weight_decay: {uniform: [0.0, 0.1]}
     warmup_ratio: 0.1                  # a plain value is fixed for every trial
+    head_warmup_steps: {choice: [0, 64]}  # LP-FT: the new head trains alone first
     lora_rank: {choice: [4, 8, 16]}    # lora_* only with --method lora
 
 Every value is checked against the same bounds as the ``attune finetune`` flag of that name,
@@ -25,7 +26,7 @@ from tune._errors import SpaceError
 
 Number = Union[int, float]
 KINDS = ("loguniform", "uniform", "randint", "choice")
-INTEGER_KEYS = ("batch_size", "epochs", "lora_rank", "lora_alpha")
+INTEGER_KEYS = ("batch_size", "epochs", "lora_rank", "lora_alpha", "head_warmup_steps")
 LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout")
 MUTABLE_KEYS = ("lr", "weight_decay")  # what PBT may change while a trial runs
 
@@ -103,6 +104,7 @@ class SearchSpace(BaseModel):
     epochs: Optional[Dimension] = None
     weight_decay: Optional[Dimension] = None
     warmup_ratio: Optional[Dimension] = None
+    head_warmup_steps: Optional[Dimension] = None
     lora_rank: Optional[Dimension] = None
     lora_alpha: Optional[Dimension] = None
     lora_dropout: Optional[Dimension] = None

@@ -55,6 +55,12 @@ class TrialOutcome:
         steps = [row.get("train_steps", 0) for row in self.history] + [self.final.get("train_steps", 0)]
         return int(max(steps))
 
+    def head_warmup_steps(self, fixed: int) -> int:
+        """Head-only (LP-FT) micro-batches the trial ran before its optimizer steps: its sampled
+        ``head_warmup_steps``, else the job's; none if it never reached a result."""
+        ran = self.history or self.final
+        return int(self.params.get("head_warmup_steps", fixed)) if ran else 0
+
     def row(self, metric: str) -> dict:
         """This trial's line in the parent run's table."""
         last = self.history[-1] if self.history else {}

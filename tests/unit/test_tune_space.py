@@ -116,3 +116,24 @@ def test_trial_config_is_the_finetune_config_with_sampled_values():
 def test_job_rejects_bad_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         _job(**overrides)
+
+
+def test_head_warmup_is_a_fixed_option_a_space_may_search(tmp_path):
+    from cluster import get_settings
+    from cluster.cli import build_parser
+    from tune._cli import job_from_args
+
+    settings = get_settings(home=tmp_path)
+    argv = ["tune", "--tenant", "john", "--data", "john.jsonl"]
+    assert job_from_args(build_parser().parse_args(argv), settings).finetune_config({}).head_warmup_steps == 0
+    job = job_from_args(build_parser().parse_args(argv + ["--head-warmup-steps", "32"]), settings)
+    assert job.finetune_config({"lr": 1e-4}).head_warmup_steps == 32  # every trial, as finetune's flag
+    searched = parse_space({"lr": 1e-4, "head_warmup_steps": {"choice": [0, 64]}}, "s.yaml")
+    assert _job(space=searched, head_warmup_steps=32).finetune_config({"head_warmup_steps": 64.0}) \
+        .head_warmup_steps == 64  # a sampled value wins, as a whole number
+    with pytest.raises(SpaceError, match="head_warmup_steps: is a whole number"):
+        parse_space({"head_warmup_steps": {"uniform": [0, 64]}}, "s.yaml")
+    with pytest.raises(SpaceError, match="head_warmup_steps: -1 is out of range"):
+        parse_space({"head_warmup_steps": {"choice": [-1, 64]}}, "s.yaml")
+    with pytest.raises(ValueError, match="head_warmup_steps"):
+        _job(head_warmup_steps=-1)

@@ -73,3 +73,11 @@ def _artifact(reg, run_id: str, name: str) -> str:
 
     uri = reg.client.get_run(run_id).info.artifact_uri
     return (Path(uri.removeprefix("file://")) / name).read_text()
+
+
+def test_head_warmup_steps_count_for_every_trial_that_ran():
+    ran, stopped, failed = OUTCOMES
+    assert ran.head_warmup_steps(32) == 32 and stopped.head_warmup_steps(32) == 32  # each warmed its head once
+    assert failed.head_warmup_steps(32) == 0  # never reached a result
+    searched = TrialOutcome("t4", {"lr": 1e-4, "head_warmup_steps": 64}, "stopped_early", _history(0.3))
+    assert searched.head_warmup_steps(32) == 64  # its own sampled value, not the job's
