@@ -71,7 +71,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             logger.info("epoch %d/%d  train_loss %.4f  val_macro_f1 %.4f%s", epoch + 1, cfg.epochs,
                         train_loss, val_f1, "  (best)" if improved else "")
         _report_checkpoint(engine, rank, state, best, {"epoch": epoch + 1, "train_loss": train_loss,
-                                                       "val_macro_f1": val_f1, "train_steps": progress.step})
+                                                       "val_macro_f1": val_f1, "train_steps": progress.step,
+                                                       "best_val_macro_f1": state["best_val_macro_f1"]})
     return _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, data)
 
 

@@ -15,11 +15,22 @@ from tune._job import TuneJob
 
 logger = logging.getLogger("attune.tune")
 
-TUNE_METRIC = "val_macro_f1"  # what schedulers and searchers see every epoch
+TUNE_METRIC = "best_val_macro_f1"  # what ASHA and the searchers rank trials by (see ranking_metric)
 TIME_ATTR = "epoch"
 # A trial's function only drives its Ray Train run (like Train V2's own controller, which Ray
 # schedules with 0 CPUs): it needs memory, not a CPU. The training workers take the CPUs.
 DRIVER_MEMORY_BYTES = 256 * 1024**2
+
+
+def ranking_metric(scheduler: str) -> str:
+    """What the scheduler and the searcher compare trials by, every epoch.
+
+    A trial exports its best epoch's weights, so ASHA (and FIFO's searcher) rank what a trial has
+    reached so far: its best validation macro-F1 to date. Ranking the latest epoch instead stops a
+    trial whose score dipped for one epoch after its best, and throws that best model away. PBT
+    copies a trial's current weights, so it ranks the latest epoch's ``val_macro_f1``.
+    """
+    return "val_macro_f1" if scheduler == "pbt" else TUNE_METRIC
 
 
 def trial_resources(num_workers: int, use_gpu: bool) -> dict[str, float]:
@@ -129,13 +140,13 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
         trainable,
         param_space=job.space.param_space(),
         tune_config=ray_tune.TuneConfig(
-            metric=TUNE_METRIC, mode="max", search_alg=build_searcher(job, max_concurrent),
+            metric=ranking_metric(job.scheduler), mode="max", search_alg=build_searcher(job, max_concurrent),
             scheduler=build_scheduler(job), num_samples=job.trials, time_budget_s=job.time_budget_s),
         run_config=ray_tune.RunConfig(
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
-            callbacks=[SearchProgress(job.trials, settings.progress_interval_s)]),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, ranking_metric(job.scheduler))]),
     )
 
 
@@ -150,20 +161,20 @@ def can_restore(path: Path) -> bool:
 class SearchProgress(ray_tune.Callback):
     """One line per trial result and per finished trial, and a status line at least every interval."""
 
-    def __init__(self, total: int, interval_s: float = 10.0):
-        self.total, self.interval_s = total, interval_s
+    def __init__(self, total: int, interval_s: float = 10.0, metric: str = TUNE_METRIC):
+        self.total, self.interval_s, self.metric = total, interval_s, metric
         self.best: Optional[tuple[float, str]] = None
         self.last_line = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        score = result.get(TUNE_METRIC)
+        score = result.get(self.metric)
         if score is None:
             return
         if self.best is None or score > self.best[0]:
             self.best = (score, trial.trial_id)
         what = "final (best epoch)" if result.get("final") else f"epoch {result.get(TIME_ATTR)}"
-        self._say("trial %s %s: val_macro_f1 %.4f  (best so far %.4f, trial %s)", trial.trial_id, what, score,
-                  *self.best)
+        self._say("trial %s %s: val_macro_f1 %.4f, ranked by %s %.4f  (search best %.4f, trial %s)",
+                  trial.trial_id, what, result.get("val_macro_f1", score), self.metric, score, *self.best)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._say("trial %s ended (%s); %s", trial.trial_id, _config_text(trial.config), self._status(trials))

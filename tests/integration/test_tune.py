@@ -114,6 +114,7 @@ def test_asha_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, sear
     assert summary["promotion"]["promoted"] is True
     assert "up to 1 at a time" in err
     assert "val_macro_f1" in err and "trials ended" in err  # progress lines while it ran
+    assert "ranked by best_val_macro_f1" in err  # ASHA compares each trial's best epoch so far
 
     _check_tracking(home, summary, before)
 

@@ -4,7 +4,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining
 
 from tune import TuneError, TuneJob, default_space
 from tune._search import (DRIVER_MEMORY_BYTES, build_scheduler, build_searcher, max_concurrent_trials,
-                          tpe_startup_trials, trial_resources)
+                          ranking_metric, tpe_startup_trials, trial_resources)
 from tune._space import parse_space
 from tune._tracking import TrialOutcome, pick_best
 from tune._trial import _tune_metrics
@@ -68,6 +68,24 @@ def test_asha_stops_weak_trials_at_epoch_rungs_but_never_a_trial_at_its_last_epo
     assert asha.on_trial_result(None, short, {"epoch": 1, "val_macro_f1": 0.2}) == TrialScheduler.CONTINUE
     final = {"epoch": 1, "val_macro_f1": 0.1, "final": 1}
     assert asha.on_trial_result(None, _register(asha, _Trial("late", 4)), final) == TrialScheduler.CONTINUE
+
+
+def test_asha_ranks_a_trial_by_its_best_epoch_so_far_and_pbt_by_its_latest():
+    """A trial exports its best epoch, so one whose score dipped after a strong epoch is still strong."""
+    assert ranking_metric("asha") == ranking_metric("fifo") == "best_val_macro_f1"
+    assert ranking_metric("pbt") == "val_macro_f1"  # PBT copies current weights: the latest epoch counts
+    asha = build_scheduler(_job(scheduler="asha"))
+    asha.set_search_properties(ranking_metric("asha"), "max")
+    steady, dipped, weak = (_register(asha, _Trial(name, 4)) for name in ("steady", "dipped", "weak"))
+    for trial, val in ((steady, 0.60), (dipped, 0.63), (weak, 0.45)):
+        asha.on_trial_result(None, trial, {"epoch": 1, "val_macro_f1": val, "best_val_macro_f1": val})
+    assert asha.on_trial_result(None, steady, {"epoch": 2, "val_macro_f1": 0.61,
+                                               "best_val_macro_f1": 0.61}) == TrialScheduler.CONTINUE
+    # epoch 2 fell to 0.54, but its epoch-1 model (0.63) is what it would export: it goes on
+    assert asha.on_trial_result(None, dipped, {"epoch": 2, "val_macro_f1": 0.54,
+                                               "best_val_macro_f1": 0.63}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, weak, {"epoch": 2, "val_macro_f1": 0.50,
+                                             "best_val_macro_f1": 0.50}) == TrialScheduler.STOP
 
 
 def _register(scheduler, trial):
