@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from cluster._demo import SEED_SENTENCE
+from train._demo import default_newsdesk_source
 from tests.serve_helpers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -46,6 +47,11 @@ def env(tmp_path) -> dict:
     return environ
 
 
+def _demo_tenants() -> tuple[str, ...]:
+    """john and jane always; newsdesk when its tweets are there (../shared/data), as the demo decides."""
+    return ("john", "jane", "newsdesk") if default_newsdesk_source() else ("john", "jane")
+
+
 def test_demo_then_endpoint_predict_and_a_rerun(env, tiny_base):
     home = Path(env["ATTUNE_HOME"])
     port = free_port()
@@ -63,7 +69,7 @@ def test_demo_then_endpoint_predict_and_a_rerun(env, tiny_base):
 
     second = attune(env, *demo)  # reuses all three champions, then cleans up
     again = last_json(second)
-    assert second.stderr.count("reusing it") == 3 and "$ attune finetune" not in second.stderr
+    assert second.stderr.count("reusing it") == len(_demo_tenants()) and "$ attune finetune" not in second.stderr
     assert [r["john"]["model_version"] for r in again["results"]] == ["1"] * len(again["results"])
     assert [r["text"] for r in again["results"]] == [r["text"] for r in out["results"]]
     assert again["seconds"] < out["seconds"]
@@ -83,8 +89,8 @@ def _check_first_run(first, port: int, home: Path, tiny_base: Path) -> tuple[dic
             assert answer["model_version"] == "1" and answer["label"] in answer["scores"]
             assert set(answer["scores"]) == {"positive", "negative", "neutral"}
             assert abs(sum(answer["scores"].values()) - 1) < 1e-3
-    for step in ("attune data demo", "attune finetune --tenant newsdesk", "attune keys create --tenant jane",
-                 "attune serve up"):
+    for step in ("attune data demo", f"attune finetune --tenant {_demo_tenants()[-1]}",
+                 "attune keys create --tenant jane", "attune serve up"):
         assert f"$ {step}" in first.stderr
     assert first.stderr.count("connecting to the local Ray head") >= 3  # one cluster for every step
     assert f"curl -s -X POST http://127.0.0.1:{port}/v1/tenants/john/predict" in first.stderr
@@ -116,7 +122,7 @@ def _use_the_running_endpoint(env, stderr: str, endpoint: str, model_dir: Path) 
     assert {"Ingress", "TenantModel"} == set(status["deployments"])
     assert "john:1" in {m for replica in status["replicas"] for m in replica["models"]}
     rows = last_json(attune(env, "registry", "list", "--json"))["tenants"]
-    assert {r["tenant"]: r["champion_version"] for r in rows} == {"john": "1", "jane": "1", "newsdesk": "1"}
+    assert {r["tenant"]: r["champion_version"] for r in rows} == {tenant: "1" for tenant in _demo_tenants()}
 
     texts = [SEED_SENTENCE, "oil slumps 4%"]
     local = last_json(attune(env, "predict", "--model", str(model_dir), "--text", texts[0], "--text", texts[1],
