@@ -129,6 +129,7 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
     from tune._trial import run_trial
 
     experiment_dir = experiment_path(job, settings)
+    metric = ranking_metric(job.scheduler)
     trainable = ray_tune.with_resources(
         ray_tune.with_parameters(run_trial, job=job.model_dump(mode="json"), dataset=dataset,
                                  settings=settings.model_dump(mode="json"), experiment_dir=str(experiment_dir)),
@@ -140,13 +141,13 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
         trainable,
         param_space=job.space.param_space(),
         tune_config=ray_tune.TuneConfig(
-            metric=ranking_metric(job.scheduler), mode="max", search_alg=build_searcher(job, max_concurrent),
+            metric=metric, mode="max", search_alg=build_searcher(job, max_concurrent),
             scheduler=build_scheduler(job), num_samples=job.trials, time_budget_s=job.time_budget_s),
         run_config=ray_tune.RunConfig(
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
-            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, ranking_metric(job.scheduler))]),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric)]),
     )
 
 

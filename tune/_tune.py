@@ -137,7 +137,8 @@ def _conclude(job: TuneJob, settings: Settings, dataset: TenantData, tracker, gr
         "failed": sum(o.status == "failed" for o in outcomes), "completed": sum(o.status == "completed"
                                                                                 for o in outcomes),
         "train_steps": sum(o.train_steps for o in outcomes),
-        "head_warmup_steps": sum(o.head_warmup_steps(job.head_warmup_steps) for o in outcomes), "parent_run_id": tracker.parent_run_id,
+        "head_warmup_steps": sum(o.head_warmup_steps(job.head_warmup_steps) for o in outcomes),
+        "parent_run_id": tracker.parent_run_id,
         "search_seconds": round(seconds, 2), "scheduler": job.scheduler, "search": job.search,
         "trial_results": [o.row(job.metric) for o in outcomes],
     }
