@@ -19,6 +19,10 @@ def register(subparsers) -> None:
     p.add_argument("--scheduler", choices=["asha", "fifo", "pbt"], default="asha",
                    help="asha (default): stop weak trials early; fifo: run every trial to the end; "
                         "pbt: population based training (perturbs lr and weight decay)")
+    p.add_argument("--grace-period", type=int, default=1,
+                   help="ASHA's first rung, in epochs (default 1): no trial is stopped before it")
+    p.add_argument("--reduction-factor", type=float, default=2.0,
+                   help="ASHA keeps the top 1/F of each rung; rungs at grace x F^k epochs (default 2: 1, 2, 4, ...)")
     p.add_argument("--search", choices=["optuna", "random"], default=None,
                    help="optuna (Optuna's TPE; the default) or random; pbt always samples at random")
     p.add_argument("--max-concurrent", type=int, default=None,
@@ -72,7 +76,8 @@ def job_from_args(args: argparse.Namespace, settings):
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
         max_train_rows=args.max_train_rows, head_warmup_steps=args.head_warmup_steps,
         max_epochs=args.max_epochs, trials=args.trials,
-        scheduler=args.scheduler, search=search, max_concurrent=args.max_concurrent,
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        search=search, max_concurrent=args.max_concurrent,
         time_budget_s=args.time_budget_s, metric=args.metric, promote=not args.no_promote,
         promotion_margin=args.promotion_margin, promotion_floor=args.promotion_floor, space=space,
     )

@@ -1,6 +1,7 @@
 """What one ``attune tune`` search is: the fixed fine-tuning options, the search settings and the space."""
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -36,6 +37,9 @@ class TuneJob(BaseModel):
     max_epochs: int = Field(default=4, ge=1, le=100, description="epochs when the space does not search them")
     trials: int = Field(default=8, ge=1, le=10000)
     scheduler: Literal["asha", "fifo", "pbt"] = "asha"
+    grace_period: int = Field(default=1, ge=1, le=100, description="--grace-period: ASHA's first rung, in epochs")
+    reduction_factor: float = Field(default=2.0, ge=1.5, le=10.0,
+                                    description="--reduction-factor: ASHA keeps the top 1/factor of each rung")
     search: Literal["optuna", "random"] = "optuna"
     max_concurrent: Optional[int] = Field(default=None, ge=1)
     time_budget_s: Optional[float] = Field(default=None, gt=0)
@@ -59,7 +63,29 @@ class TuneJob(BaseModel):
             raise ValueError("--scheduler pbt perturbs lr or weight_decay while trials run; "
                              "give one of them a distribution in the space")
         self.space.check_method(self.method)
+        self._check_asha()
         return self
+
+    def _check_asha(self) -> None:
+        if self.scheduler != "asha":
+            if (self.grace_period, self.reduction_factor) != (1, 2.0):
+                raise ValueError(f"--grace-period and --reduction-factor set ASHA's rungs; --scheduler "
+                                 f"{self.scheduler} has none: drop them or use --scheduler asha")
+            return
+        if self.grace_period >= self.epochs_cap:
+            raise ValueError(f"--grace-period {self.grace_period} is not below the trials' largest epoch count "
+                             f"({self.epochs_cap}), so ASHA would never stop a trial; lower it, raise the "
+                             f"epochs, or use --scheduler fifo")
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs at which ASHA may stop a trial: Ray's milestones (grace x factor^k, reached at the
+        first epoch >= each) before the trials' last epoch, where attune never stops one."""
+        rungs, t = [], float(self.grace_period)
+        while math.ceil(t - 1e-9) < self.epochs_cap:
+            rungs.append(math.ceil(t - 1e-9))
+            t *= self.reduction_factor
+        return rungs
 
     @property
     def experiment_name(self) -> str:

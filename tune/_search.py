@@ -55,7 +55,8 @@ def max_concurrent_trials(cluster: dict[str, float], num_workers: int, use_gpu: 
 
 
 class EpochASHA(AsyncHyperBandScheduler):
-    """ASHA over epochs (rungs at epochs 1, 2, 4, ...; the top half of each rung goes on) that never
+    """ASHA over epochs (by default rungs at epochs 1, 2, 4, ... and the top half of each rung goes on;
+    ``--grace-period`` and ``--reduction-factor`` move them: see ``TuneJob.rungs``) that never
     stops a trial at its own last epoch or final result: only its export and evaluation remain then."""
 
     def __init__(self, *, default_epochs: int, **kwargs):
@@ -92,7 +93,8 @@ def build_scheduler(job: TuneJob):
 
     if job.scheduler == "asha":
         return EpochASHA(default_epochs=job.max_epochs, time_attr=TIME_ATTR, max_t=max(job.epochs_cap, 1),
-                         grace_period=1, reduction_factor=2, stop_last_trials=False)
+                         grace_period=job.grace_period, reduction_factor=job.reduction_factor,
+                         stop_last_trials=False)
     if job.scheduler == "pbt":
         return EpochPBT(default_epochs=job.max_epochs, time_attr=TIME_ATTR, perturbation_interval=1,
                         hyperparam_mutations=job.space.mutations(), quantile_fraction=0.5,

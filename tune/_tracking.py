@@ -142,6 +142,8 @@ class SearchTracker:
     def start(self, run_name: str) -> str:
         job = self.job
         params = {**job.fixed_params(), "trials": job.trials, "scheduler": job.scheduler, "search": job.search,
+                  **({"asha.rungs": job.rungs, "asha.reduction_factor": job.reduction_factor}
+                     if job.scheduler == "asha" else {}),
                   "metric": job.metric, "max_concurrent": job.max_concurrent, "time_budget_s": job.time_budget_s,
                   **{f"space.{k}": v for k, v in job.space.summary().items()}}
         tags = {**self.record(run_name, {}, {}, []).tags, "attune.search.scheduler": job.scheduler,

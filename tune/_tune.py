@@ -72,9 +72,10 @@ def _concurrency(job: TuneJob) -> int:
     cluster = ray.cluster_resources()
     use_gpu = job.use_gpu if job.use_gpu is not None else cluster.get("GPU", 0) >= job.num_workers
     limit = max_concurrent_trials(cluster, job.num_workers, use_gpu, job.max_concurrent, job.trials)
-    logger.info("search for %s: %d trial(s), %s + %s, up to %d at a time (%d worker(s) each, %g CPUs in the "
-                "cluster), metric %s", job.tenant, job.trials, job.scheduler, job.search, limit, job.num_workers,
-                cluster.get("CPU", 0), job.metric)
+    rungs = f" (rungs at epochs {job.rungs}, top 1/{job.reduction_factor:g} goes on)" if job.scheduler == "asha" else ""
+    logger.info("search for %s: %d trial(s), %s%s + %s, up to %d at a time (%d worker(s) each, %g CPUs in the "
+                "cluster), metric %s", job.tenant, job.trials, job.scheduler, rungs, job.search, limit,
+                job.num_workers, cluster.get("CPU", 0), job.metric)
     return limit
 
 

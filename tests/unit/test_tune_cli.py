@@ -57,6 +57,15 @@ def test_inconsistent_flags_are_refused(data, attune_home, capsys):
     _nothing_left(attune_home)
 
 
+def test_asha_flags_are_checked_before_anything_runs(data, attune_home, capsys):
+    assert _tune("--data", str(data), "--max-epochs", "4", "--grace-period", "4") == 2
+    err = capsys.readouterr().err
+    assert "--grace-period 4 is not below" in err and "Traceback" not in err
+    assert _tune("--data", str(data), "--scheduler", "fifo", "--reduction-factor", "3") == 2
+    assert "--scheduler fifo has none" in capsys.readouterr().err
+    _nothing_left(attune_home)
+
+
 def test_resume_without_an_interrupted_search_is_refused(data, attune_home, capsys):
     assert _tune("--data", str(data), "--resume") == 2
     assert "no interrupted search for tenant 'john'" in capsys.readouterr().err

@@ -1,4 +1,7 @@
 """The search's building blocks without Ray running: concurrency, schedulers, searchers, best trial."""
+import math
+import re
+
 import pytest
 from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
 
@@ -86,6 +89,38 @@ def test_asha_ranks_a_trial_by_its_best_epoch_so_far_and_pbt_by_its_latest():
                                                "best_val_macro_f1": 0.63}) == TrialScheduler.CONTINUE
     assert asha.on_trial_result(None, weak, {"epoch": 2, "val_macro_f1": 0.50,
                                              "best_val_macro_f1": 0.50}) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("grace, factor, epochs, rungs", [
+    (1, 2.0, 8, [1, 2, 4]),   # the default
+    (1, 3.0, 8, [1, 3]),
+    (2, 2.0, 8, [2, 4]),
+    (1, 1.5, 4, [1, 2, 3]),   # milestones 1.5, 2.25, 3.375 are reached at epochs 2, 3 and 4 (the last)
+])
+def test_grace_period_and_reduction_factor_move_ashas_rungs(grace, factor, epochs, rungs):
+    job = _job(space=default_space("full", max_epochs=epochs), grace_period=grace, reduction_factor=factor)
+    assert job.rungs == rungs
+    asha = build_scheduler(job)
+    asha.set_search_properties("best_val_macro_f1", "max")
+    reached = sorted(math.ceil(m - 1e-9) for m, _ in asha._brackets[0]._rungs)  # what Ray compares against
+    assert [epoch for epoch in reached if epoch < epochs] == rungs
+    first, weak = (_register(asha, _Trial(name, epochs)) for name in ("first", "weak"))
+    for epoch in range(1, grace):  # nobody is stopped before the grace period
+        assert asha.on_trial_result(None, weak, {"epoch": epoch, "best_val_macro_f1": 0.0}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, first, {"epoch": grace, "best_val_macro_f1": 0.8}) == TrialScheduler.CONTINUE
+    assert asha.on_trial_result(None, weak, {"epoch": grace, "best_val_macro_f1": 0.1}) == TrialScheduler.STOP
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(grace_period=4), "--grace-period 4 is not below the trials' largest epoch count (4)"),
+    (dict(grace_period=0), "greater than or equal to 1"),
+    (dict(reduction_factor=1.0), "greater than or equal to 1.5"),
+    (dict(scheduler="fifo", grace_period=2), "--scheduler fifo has none"),
+    (dict(scheduler="pbt", search="random", reduction_factor=3.0), "--scheduler pbt has none"),
+])
+def test_bad_asha_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _job(**overrides)
 
 
 def _register(scheduler, trial):
