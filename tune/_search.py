@@ -9,6 +9,7 @@ from typing import Optional
 
 from ray import tune as ray_tune
 from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
 
 from tune._errors import TuneError
 from tune._job import TuneJob
@@ -113,17 +114,47 @@ def tpe_startup_trials(trials: int) -> int:
 
 
 def build_searcher(job: TuneJob, max_concurrent: int):
-    """Optuna's TPE or seeded random sampling, at most ``max_concurrent`` live trials."""
+    """Optuna's TPE or seeded random sampling, at most ``max_concurrent`` live trials. Under ASHA,
+    TPE learns every trial's score at the first rung (see :class:`RungOptunaSearch`)."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if job.search == "optuna":
         from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
 
         sampler = TPESampler(seed=job.seed, n_startup_trials=tpe_startup_trials(job.trials))
-        return ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
+        searcher = (RungOptunaSearch(rung=job.grace_period, sampler=sampler) if job.scheduler == "asha"
+                    else OptunaSearch(sampler=sampler))
+        return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
     # a generator, not a Searcher: Tune ignores TuneConfig.max_concurrent_trials for it, so limit it here
     return BasicVariantGenerator(random_state=job.seed, max_concurrent=max_concurrent)
+
+
+class RungOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told each trial's score once the trial reaches epoch ``rung`` (ASHA's
+    first rung), not when it ends.
+
+    Under ASHA the trials that end first are the ones it stopped, and the strong ones run on for
+    many epochs, so plain OptunaSearch models mostly the losers (at the rung where they stopped)
+    and learns of a winner only when it finishes. Told at the first rung, TPE sees every trial at
+    the same budget, strong ones included, as soon as that budget is spent (BOHB's model on its
+    smallest budget). Later epochs are still ASHA's to judge. A trial that ends before the rung
+    (a short trial, or one that failed) is told when it ends, as usual.
+    """
+
+    def __init__(self, *, rung: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rung = rung
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:
+            return  # told at the rung already
+        super().on_trial_result(trial_id, result)
+        if not result.get("final") and result.get(TIME_ATTR, 0) >= self.rung:
+            super().on_trial_complete(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id not in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
 
 
 def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore: bool):

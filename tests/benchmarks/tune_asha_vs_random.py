@@ -2,7 +2,7 @@
 
     .venv/bin/python -m tests.benchmarks.tune_asha_vs_random [--trials 8] [--max-train-rows 512]
         [--epochs 8] [--head-warmup-steps N] [--max-seq-len 32] [--workers 1] [--seed 0] [--json PATH]
-        [--grace-period 1] [--reduction-factor 2]
+        [--grace-period 1] [--reduction-factor 2] [--baseline-from RUN.json]
     .venv/bin/python -m tests.benchmarks.tune_asha_vs_random --combine RUN.json [RUN.json ...]
 
 Both searches run `attune tune` on the same tenant data (the newsdesk tweets, a train-split
@@ -28,6 +28,12 @@ One run compares two maxima of noisy scores (at 512 rows a trial's validation ma
 points between epochs), so one seed cannot settle a 1-point target. ``--combine`` reads the
 ``--json`` files of several runs (e.g. seeds 0..4) and prints each run's row and the mean gap and
 compute ratio over them, with the target checked on the means.
+
+``--baseline-from RUN.json`` takes the FIFO + random arm from an earlier run with the same
+settings and seed instead of running it again (22 of a run's 32 minutes here). Random search
+with FIFO is deterministic for a seed (two runs on different commits agreed to four decimals in
+every trial they shared), so this is only valid while nothing on its path (the fine-tuning
+loop, the data, FIFO, random sampling) has changed since; every run's JSON records its commit.
 """
 from __future__ import annotations
 
@@ -107,6 +113,30 @@ def _table(results: list[dict]) -> list[str]:
     return lines
 
 
+# options that change only the ASHA arm, or nothing that either search does
+ASHA_ONLY = ("grace_period", "reduction_factor", "json", "combine", "baseline_from")
+
+
+def _saved_baseline(args) -> dict:
+    """The FIFO + random arm of an earlier run, if it used this run's settings and seed."""
+    saved = json.loads(args.baseline_from.read_text())
+    ours = {k: v for k, v in vars(args).items() if k not in ASHA_ONLY}
+    theirs = {k: saved["args"].get(k) for k in ours}
+    if theirs != ours:
+        differ = ", ".join(f"{k}: {theirs[k]!r} there, {ours[k]!r} here" for k in ours if theirs[k] != ours[k])
+        raise SystemExit(f"--baseline-from {args.baseline_from}: that run's settings differ ({differ}); "
+                         "run the baseline again instead")
+    baseline = saved["results"][1]
+    print(f"baseline arm reused from {args.baseline_from} (commit {saved.get('commit', 'not recorded')})",
+          file=sys.stderr)
+    return baseline | {"name": "fifo+random (saved)"}
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True, text=True)
+    return proc.stdout.strip() or "unknown"
+
+
 def _verdict(gap: float, ratio: float) -> str:
     return f"target: >= -1.00 points at <= 0.50x: {'met' if gap >= -1.0 and ratio <= 0.5 else 'not met'}"
 
@@ -150,6 +180,8 @@ def main() -> None:
     parser.add_argument("--grace-period", type=int, default=1, help="ASHA's first rung (attune tune's default 1)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA's reduction factor (default 2)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    parser.add_argument("--baseline-from", type=Path, default=None,
+                        help="reuse the FIFO + random arm of this earlier --json run (same settings and seed)")
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
                         help="run nothing: summarize the --json files of earlier runs")
     args = parser.parse_args()
@@ -162,6 +194,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="attune-tune-bench-"))  # kept when a search fails: its log is there
     data, space = _newsdesk(workdir), _space(workdir, args.epochs, args.batch_size)
     results = [run_search("asha+optuna (attune)", "asha", "optuna", data, space, args, workdir),
+               _saved_baseline(args) if args.baseline_from else
                run_search("fifo+random (baseline)", "fifo", "random", data, space, args, workdir)]
     shutil.rmtree(workdir, ignore_errors=True)
     asha, rand = results
@@ -174,7 +207,8 @@ def main() -> None:
     gap = (asha["best_val_macro_f1"] - rand["best_val_macro_f1"]) * 100
     ratio = asha["compute_steps"] / rand["compute_steps"]
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
+        paths = {k: str(v) for k, v in vars(args).items() if isinstance(v, Path)}
+        args.json.write_text(json.dumps({"args": vars(args) | paths, "commit": _commit(), "results": results,
                                          "val_f1_gap_points": gap, "compute_ratio": ratio}, indent=2))
     print(f"ASHA+Optuna vs FIFO+random: best val macro-F1 {gap:+.2f} points, compute {ratio:.2f}x the steps "
           f"(optimizer steps alone {asha['train_steps'] / rand['train_steps']:.2f}x) "

@@ -145,11 +145,44 @@ def test_pbt_perturbs_only_what_can_change_mid_training_and_never_at_the_last_ep
 def test_searchers_are_seeded_and_limited_to_the_concurrency():
     optuna = build_searcher(_job(search="optuna", seed=7), max_concurrent=2)
     assert type(optuna).__name__ == "ConcurrencyLimiter" and optuna.max_concurrent == 2
-    assert type(optuna.searcher).__name__ == "OptunaSearch"
+    assert type(optuna.searcher).__name__ == "RungOptunaSearch" and optuna.searcher.rung == 1  # asha
+    assert type(build_searcher(_job(search="optuna", scheduler="fifo"), 2).searcher).__name__ == "OptunaSearch"
     assert optuna.searcher._sampler._n_startup_trials == 3  # 8 trials: TPE models the results from the 4th on
     assert [tpe_startup_trials(n) for n in (1, 8, 20, 40, 1000)] == [3, 3, 5, 10, 10]
     random = build_searcher(_job(search="random"), max_concurrent=3)
     assert type(random).__name__ == "BasicVariantGenerator" and random.max_concurrent == 3
+
+
+def test_under_asha_tpe_learns_every_trial_at_the_first_rung_before_it_ends(tmp_path, caplog):
+    """The strong trial is still running, yet TPE already holds its rung score; a stopped trial is
+    told once; a trial that fails before the rung is told it failed; all this survives save/restore."""
+    from optuna.trial import TrialState
+
+    job = _job(search="optuna", seed=3, space=default_space("full", max_epochs=8), grace_period=2)
+    searcher = build_searcher(job, max_concurrent=4).searcher
+    searcher.set_search_properties(ranking_metric("asha"), "max", job.space.param_space())
+    for trial_id in ("strong", "weak", "broken"):
+        assert searcher.suggest(trial_id)["lr"] > 0
+
+    def result(epoch, score, **extra):
+        return {"epoch": epoch, "training_iteration": epoch, "best_val_macro_f1": score, **extra}
+    searcher.on_trial_result("strong", result(1, 0.55))
+    searcher.on_trial_result("weak", result(1, 0.30))
+    assert all(t.state == TrialState.RUNNING for t in searcher._ot_study.trials)  # epoch 1 < the rung
+    searcher.on_trial_result("strong", result(2, 0.61))
+    searcher.on_trial_result("weak", result(2, 0.32))
+    told = {t.number: (t.state, t.value) for t in searcher._ot_study.trials}
+    assert told == {0: (TrialState.COMPLETE, 0.61), 1: (TrialState.COMPLETE, 0.32), 2: (TrialState.RUNNING, None)}
+    searcher.on_trial_complete("weak", result(2, 0.32))  # ASHA stopped it at the rung: nothing new
+    searcher.on_trial_result("strong", result(3, 0.66))  # later epochs are ASHA's, not TPE's
+    searcher.on_trial_complete("broken", None, error=True)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = build_searcher(job, max_concurrent=4).searcher
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("strong", result(8, 0.70, final=1))
+    states = [(t.state, t.value) for t in restored._ot_study.trials]
+    assert states == [(TrialState.COMPLETE, 0.61), (TrialState.COMPLETE, 0.32), (TrialState.FAIL, None)]
+    assert restored.rung == 2 and "already finished" not in caplog.text  # no Ray warnings about re-telling
 
 
 def _outcome(trial_id, status, val=None, test=None, steps=10) -> TrialOutcome:
