@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -172,3 +173,34 @@ def test_pbt_search_runs_end_to_end(tmp_path, tiny_base, demo_dir):
     for record in records.values():
         if record["started_from"]:
             assert record["started_from"].startswith(str(experiment)) and "checkpoint_" in record["started_from"]
+
+
+def test_default_asha_and_optuna_search_tells_tpe_every_trials_first_rung(tmp_path, tiny_base, demo_dir):
+    """attune tune's defaults (ASHA + Optuna TPE), end to end: the search registers a version, and
+    the searcher state Tune saved holds every trial told to TPE with its epoch-1 score (the first
+    rung), the trial that ran on to its last epoch included, not that trial's final best."""
+    home = tmp_path / "home"
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base",
+                   str(tiny_base), "--space", str(space), "--trials", "3", "--seed", "1", "--workers", "1",
+                   "--max-concurrent", "1", "--max-seq-len", "32", "--promotion-floor", "0", "--json")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert (summary["scheduler"], summary["search"], summary["trials"]) == ("asha", "optuna", 3)
+    assert summary["model_version"] == "1" and summary["completed"] >= 1
+    assert "rungs at epochs [1, 2]" in err
+
+    [state_file] = (home / "ray_results" / "tune-john").glob("searcher-state-*.pkl")
+    state = pickle.loads(state_file.read_bytes())
+    assert state["rung"] == 1
+    told = {t.number: t for t in state["_ot_study"].trials}
+    registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
+    children = {c["tags"]["attune.trial_id"]: c
+                for c in registry.runs("tenant.john", parent_run_id=summary["parent_run_id"])}
+    assert set(state["_ot_trials"]) == set(children)
+    for trial_id, child in children.items():
+        epoch_one = dict(registry.metric_history(child["run_id"], "val_macro_f1"))[1]
+        optuna_trial = told[state["_ot_trials"][trial_id].number]
+        assert optuna_trial.state.name == "COMPLETE" and optuna_trial.value == pytest.approx(epoch_one)
