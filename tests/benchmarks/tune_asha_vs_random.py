@@ -154,10 +154,13 @@ def combine(paths: list[Path]) -> None:
               f"{asha['best_test_macro_f1']:>9.4f} {rand['best_test_macro_f1']:>11.4f} "
               f"{run['compute_ratio']:>6.2f}x  (test gap {test_gap:+.2f})")
     defaults = {"grace_period": 1, "reduction_factor": 2.0}  # runs saved before these options existed
-    settings = {json.dumps({k: v for k, v in (defaults | run["args"]).items() if k not in ("seed", "json")},
+    settings = {json.dumps({k: v for k, v in (defaults | run["args"]).items() if k not in ("seed", "json", "combine", "baseline_from")},
                            sort_keys=True) for run in runs}
     if len(settings) > 1:
         print("warning: these runs used different settings:\n  " + "\n  ".join(sorted(settings)))
+    commits = sorted({run.get("commit", "not recorded") for run in runs})
+    if len(commits) > 1:
+        print(f"note: these runs' ASHA arms come from different commits: {', '.join(commits)}")
     gap = sum(run["val_f1_gap_points"] for run in runs) / len(runs)
     ratio = sum(run["compute_ratio"] for run in runs) / len(runs)
     test_gap = sum((r["results"][0]["best_test_macro_f1"] - r["results"][1]["best_test_macro_f1"]) * 100
