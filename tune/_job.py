@@ -68,7 +68,9 @@ class TuneJob(BaseModel):
 
     def _check_asha(self) -> None:
         if self.scheduler != "asha":
-            if (self.grace_period, self.reduction_factor) != (1, 2.0):
+            fields = type(self).model_fields
+            if (self.grace_period, self.reduction_factor) != (fields["grace_period"].default,
+                                                               fields["reduction_factor"].default):
                 raise ValueError(f"--grace-period and --reduction-factor set ASHA's rungs; --scheduler "
                                  f"{self.scheduler} has none: drop them or use --scheduler asha")
             return
@@ -81,10 +83,10 @@ class TuneJob(BaseModel):
     def rungs(self) -> list[int]:
         """The epochs at which ASHA may stop a trial: Ray's milestones (grace x factor^k, reached at the
         first epoch >= each) before the trials' last epoch, where attune never stops one."""
-        rungs, t = [], float(self.grace_period)
-        while math.ceil(t - 1e-9) < self.epochs_cap:
-            rungs.append(math.ceil(t - 1e-9))
-            t *= self.reduction_factor
+        rungs, milestone = [], float(self.grace_period)
+        while (epoch := math.ceil(milestone - 1e-9)) < self.epochs_cap:
+            rungs.append(epoch)
+            milestone *= self.reduction_factor
         return rungs
 
     @property

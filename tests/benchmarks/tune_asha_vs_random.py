@@ -113,8 +113,9 @@ def _table(results: list[dict]) -> list[str]:
     return lines
 
 
-# options that change only the ASHA arm, or nothing that either search does
-ASHA_ONLY = ("grace_period", "reduction_factor", "json", "combine", "baseline_from")
+# options that change nothing either search does, and those that change only the ASHA arm
+BOOKKEEPING = ("json", "combine", "baseline_from")
+ASHA_ONLY = ("grace_period", "reduction_factor", *BOOKKEEPING)
 
 
 def _saved_baseline(args) -> dict:
@@ -141,6 +142,12 @@ def _verdict(gap: float, ratio: float) -> str:
     return f"target: >= -1.00 points at <= 0.50x: {'met' if gap >= -1.0 and ratio <= 0.5 else 'not met'}"
 
 
+def _test_gap(run: dict) -> float:
+    """ASHA's chosen model's test macro-F1 minus random search's, in points."""
+    asha, rand = run["results"]
+    return (asha["best_test_macro_f1"] - rand["best_test_macro_f1"]) * 100
+
+
 def combine(paths: list[Path]) -> None:
     """Each saved run's comparison, then the means over them."""
     runs = [json.loads(path.read_text()) for path in paths]
@@ -148,13 +155,12 @@ def combine(paths: list[Path]) -> None:
           f"{'random test':>11} {'compute':>7}")
     for path, run in zip(paths, runs):
         asha, rand = run["results"]
-        test_gap = (asha["best_test_macro_f1"] - rand["best_test_macro_f1"]) * 100
         print(f"{path.name:<28} {run['args']['seed']:>4} {asha['best_val_macro_f1']:>8.4f} "
               f"{rand['best_val_macro_f1']:>10.4f} {run['val_f1_gap_points']:>+7.2f} "
               f"{asha['best_test_macro_f1']:>9.4f} {rand['best_test_macro_f1']:>11.4f} "
-              f"{run['compute_ratio']:>6.2f}x  (test gap {test_gap:+.2f})")
+              f"{run['compute_ratio']:>6.2f}x  (test gap {_test_gap(run):+.2f})")
     defaults = {"grace_period": 1, "reduction_factor": 2.0}  # runs saved before these options existed
-    settings = {json.dumps({k: v for k, v in (defaults | run["args"]).items() if k not in ("seed", "json", "combine", "baseline_from")},
+    settings = {json.dumps({k: v for k, v in (defaults | run["args"]).items() if k not in ("seed", *BOOKKEEPING)},
                            sort_keys=True) for run in runs}
     if len(settings) > 1:
         print("warning: these runs used different settings:\n  " + "\n  ".join(sorted(settings)))
@@ -163,8 +169,7 @@ def combine(paths: list[Path]) -> None:
         print(f"note: these runs' ASHA arms come from different commits: {', '.join(commits)}")
     gap = sum(run["val_f1_gap_points"] for run in runs) / len(runs)
     ratio = sum(run["compute_ratio"] for run in runs) / len(runs)
-    test_gap = sum((r["results"][0]["best_test_macro_f1"] - r["results"][1]["best_test_macro_f1"]) * 100
-                   for r in runs) / len(runs)
+    test_gap = sum(_test_gap(run) for run in runs) / len(runs)
     print(f"mean over {len(runs)} runs: best val macro-F1 {gap:+.2f} points (test {test_gap:+.2f}), "
           f"compute {ratio:.2f}x ({_verdict(gap, ratio)})")
 

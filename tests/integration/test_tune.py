@@ -72,6 +72,18 @@ def _training_worker(sid: int, train_runs: Path):
     return next((pid for pid, cmd in _session(sid).items() if cmd.startswith("ray::RayTrainWorker")), None)
 
 
+def _search_to_the_end(home: Path, tmp_path: Path, tiny_base: Path, demo_dir: Path, *args: str) -> tuple[dict, str]:
+    """One search on john with SPACE, one worker per trial, run to its end: its --json summary and stderr."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base",
+                   str(tiny_base), "--space", str(space), "--workers", "1", "--max-seq-len", "32",
+                   "--promotion-floor", "0", "--json", *args)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
 @pytest.fixture
 def search_args(tmp_path, tiny_base, demo_dir) -> list[str]:
     space = tmp_path / "space.yaml"
@@ -157,14 +169,8 @@ def test_pbt_search_runs_end_to_end(tmp_path, tiny_base, demo_dir):
     both trials export, the search registers, and any checkpoint a trial restarted from is one of
     this search's own (tests/unit/test_tune_pbt.py checks what restarting from one does)."""
     home = tmp_path / "home"
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base",
-                   str(tiny_base), "--space", str(space), "--trials", "2", "--scheduler", "pbt", "--seed", "6",
-                   "--workers", "1", "--max-seq-len", "32", "--promotion-floor", "0", "--json")
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-4000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary, _ = _search_to_the_end(home, tmp_path, tiny_base, demo_dir, "--trials", "2", "--scheduler", "pbt",
+                                    "--seed", "6")
     assert summary["scheduler"] == "pbt" and summary["completed"] == 2 and summary["model_version"] == "1"
     assert summary["best_metric"] > 0.3
     experiment = home / "ray_results" / "tune-john"
@@ -180,14 +186,8 @@ def test_default_asha_and_optuna_search_tells_tpe_every_trials_first_rung(tmp_pa
     the searcher state Tune saved holds every trial told to TPE with its epoch-1 score (the first
     rung), the trial that ran on to its last epoch included, not that trial's final best."""
     home = tmp_path / "home"
-    space = tmp_path / "space.yaml"
-    space.write_text(SPACE)
-    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base",
-                   str(tiny_base), "--space", str(space), "--trials", "3", "--seed", "1", "--workers", "1",
-                   "--max-concurrent", "1", "--max-seq-len", "32", "--promotion-floor", "0", "--json")
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-4000:]
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary, err = _search_to_the_end(home, tmp_path, tiny_base, demo_dir, "--trials", "3", "--seed", "1",
+                                      "--max-concurrent", "1")
     assert (summary["scheduler"], summary["search"], summary["trials"]) == ("asha", "optuna", 3)
     assert summary["model_version"] == "1" and summary["completed"] >= 1
     assert "rungs at epochs [1, 2]" in err
