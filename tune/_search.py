@@ -1,6 +1,7 @@
 """Building the Ray Tune search: resources and concurrency, scheduler, searcher, the Tuner itself."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -8,9 +9,10 @@ from pathlib import Path
 from typing import Optional
 
 from ray import tune as ray_tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from tune._asha import PromotionASHA
 from tune._errors import TuneError
 from tune._job import TuneJob
 
@@ -55,20 +57,6 @@ def max_concurrent_trials(cluster: dict[str, float], num_workers: int, use_gpu: 
     return max(1, min(fits, requested or fits, trials))
 
 
-class EpochASHA(AsyncHyperBandScheduler):
-    """ASHA over epochs (by default rungs at epochs 1, 2, 4, ... and the top half of each rung goes on;
-    ``--grace-period`` and ``--reduction-factor`` move them: see ``TuneJob.rungs``) that never
-    stops a trial at its own last epoch or final result: only its export and evaluation remain then."""
-
-    def __init__(self, *, default_epochs: int, **kwargs):
-        super().__init__(**kwargs)
-        self._default_epochs = default_epochs
-
-    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)  # records the rung either way
-        return TrialScheduler.CONTINUE if _at_its_end(trial, result, self._default_epochs) else decision
-
-
 class EpochPBT(PopulationBasedTraining):
     """PBT every epoch, except at a trial's own last epoch or final result: exploiting then would
     only replace a finished model with a copy of another, and pausing it would restart a run
@@ -89,13 +77,16 @@ def _at_its_end(trial, result: dict, default_epochs: int) -> bool:
     return bool(result.get("final")) or result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", default_epochs))
 
 
-def build_scheduler(job: TuneJob):
+def build_scheduler(job: TuneJob, experiment_dir: Optional[Path] = None):
+    """ASHA (promotion form, see ``tune._asha``), PBT or FIFO. ``experiment_dir`` keeps ASHA's rung
+    records for ``--resume``."""
     from ray.tune.schedulers import FIFOScheduler
 
     if job.scheduler == "asha":
-        return EpochASHA(default_epochs=job.max_epochs, time_attr=TIME_ATTR, max_t=max(job.epochs_cap, 1),
-                         grace_period=job.grace_period, reduction_factor=job.reduction_factor,
-                         stop_last_trials=False)
+        return PromotionASHA(rungs=job.rungs, reduction_factor=job.reduction_factor,
+                             metric=ranking_metric(job.scheduler), time_attr=TIME_ATTR,
+                             at_its_end=functools.partial(_at_its_end, default_epochs=job.max_epochs),
+                             state_dir=experiment_dir)
     if job.scheduler == "pbt":
         return EpochPBT(default_epochs=job.max_epochs, time_attr=TIME_ATTR, perturbation_interval=1,
                         hyperparam_mutations=job.space.mutations(), quantile_fraction=0.5,
@@ -175,7 +166,7 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
         param_space=job.space.param_space(),
         tune_config=ray_tune.TuneConfig(
             metric=metric, mode="max", search_alg=build_searcher(job, max_concurrent),
-            scheduler=build_scheduler(job), num_samples=job.trials, time_budget_s=job.time_budget_s),
+            scheduler=build_scheduler(job, experiment_dir), num_samples=job.trials, time_budget_s=job.time_budget_s),
         run_config=ray_tune.RunConfig(
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),

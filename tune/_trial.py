@@ -4,9 +4,9 @@ The trial function is the Train *driver* (Ray Train V2's pattern for Train insid
 builds the fine-tuning config from the sampled values and calls ``train._finetune.run_training``,
 the code path ``attune finetune`` uses. A Train callback sends rank 0's report of every epoch
 (``val_macro_f1``, ``epoch``, ``train_steps``) and the final one (test metrics, the exported
-model's checkpoint path) to Tune. Ray's ``TuneReportCallback`` forwards metrics only; PBT also
-needs each epoch's checkpoint in Tune, so this trial forwards through its own queue and reports
-with ``ray.tune.report`` itself.
+model's checkpoint path) to Tune. Ray's ``TuneReportCallback`` forwards metrics only; PBT needs
+each epoch's checkpoint in Tune and ASHA the checkpoint of every rung (where it pauses trials),
+so this trial forwards through its own queue and reports with ``ray.tune.report`` itself.
 
 Each trial keeps its Train runs under ``<experiment>/train_runs`` and, as soon as its model is
 exported, writes ``<experiment>/trials/<trial_id>.json``. A trial restarted by ``--resume``
@@ -59,12 +59,18 @@ def run_trial(params: dict, *, job: dict, dataset, settings: dict, experiment_di
     start = ray_tune.get_checkpoint()
     run_name = trial_id if start is None else f"{trial_id}-from-{_digest(start.path)}"
     _forward(config, Settings(**settings), dataset, run_name=run_name, storage=Path(experiment_dir) / TRAIN_RUNS_DIR,
-             start=start, checkpoints_to_tune=tune_job.scheduler == "pbt",
+             start=start, checkpoint_epochs=_checkpoint_epochs(tune_job),
              on_final=lambda result: _record(trials, trial_id, run_name, start, result))
 
 
-def _forward(config, settings, dataset, *, run_name: str, storage: Path, start, checkpoints_to_tune: bool,
-             on_final) -> None:
+def _checkpoint_epochs(job) -> Optional[set[int]]:
+    """The epochs whose checkpoint Tune needs (None: every epoch). PBT may copy or restart a trial
+    after any epoch; ASHA pauses trials only at its rungs and resumes them from there."""
+    return None if job.scheduler == "pbt" else set(job.rungs) if job.scheduler == "asha" else set()
+
+
+def _forward(config, settings, dataset, *, run_name: str, storage: Path, start,
+             checkpoint_epochs: Optional[set[int]], on_final) -> None:
     """Run training in a thread; report each forwarded result to Tune from this (the trial's) thread.
 
     ``on_final`` gets the final result as soon as it arrives: the model is exported by then, and
@@ -92,7 +98,8 @@ def _forward(config, settings, dataset, *, run_name: str, storage: Path, start, 
     while (item := queue.get()) != _END:
         metrics = _tune_metrics(item)
         checkpoint = None
-        if checkpoints_to_tune and item["checkpoint"] and not item["final"]:
+        if item["checkpoint"] and not item["final"] and (checkpoint_epochs is None
+                                                         or metrics.get("epoch") in checkpoint_epochs):
             checkpoint = ray_tune.Checkpoint.from_directory(item["checkpoint"])
         if item["final"]:
             on_final(metrics)
