@@ -12,8 +12,10 @@ Hyperparameter Tuning", MLSys 2020, Algorithm 2). A trial that reaches a rung pa
 run checkpointed there) unless it is among the top ``floor(n / eta)`` of the ``n`` trials recorded
 at that rung. Whenever a trial pauses or ends, its slot goes first to the best paused trial that
 now ranks in its rung's top share (highest rung first), and only then to a new trial. Once no
-trial is left to start or run, the trials still paused are stopped early: no result can promote
-them any more. Every trial pays for the first rung; the rest is earned against a full rung.
+trial is left to start or run, the best trial waiting at the highest rung goes on if that rung
+has promoted none yet (a rung that too few trials reached must not end the search without a
+model); otherwise no result can promote the waiting trials any more, and they stop early.
+Every trial pays for the first rung; the rest is earned against the trials recorded there.
 
 Ray Tune limits live trials in the searcher (``ConcurrencyLimiter``, or the random generator's
 own limit), and a paused trial is still live there. So a pausing trial hands its searcher slot
@@ -101,8 +103,7 @@ class PromotionASHA(FIFOScheduler):
         for trial in trials:
             if trial.status == Trial.PAUSED and trial.trial_id in self.resuming:
                 return trial
-        self._stop_the_rest(tune_controller, trials)
-        return None
+        return self._drain(tune_controller, trials)
 
     def debug_string(self) -> str:
         return "ASHA (promotion): " + "; ".join(f"rung {r}: {len(self.scores[r])} recorded, "
@@ -111,8 +112,12 @@ class PromotionASHA(FIFOScheduler):
     # --- promotions ------------------------------------------------------------------------------
     def promotable(self, rung: int) -> list[str]:
         """Trials in the top ``floor(n / eta)`` at ``rung``, best first, not promoted from it yet."""
-        ranked = sorted(self.scores[rung], key=lambda t: self.scores[rung][t], reverse=True)
+        ranked = self.ranked(rung)
         return [t for t in ranked[:self._top_count(rung)] if t not in self.promoted[rung]]
+
+    def ranked(self, rung: int) -> list[str]:
+        """Every trial recorded at ``rung``, best first (ties: the first recorded first)."""
+        return sorted(self.scores[rung], key=lambda t: self.scores[rung][t], reverse=True)
 
     def _top_count(self, rung: int) -> int:
         return math.floor(len(self.scores[rung]) / self.eta + 1e-9)
@@ -127,30 +132,42 @@ class PromotionASHA(FIFOScheduler):
 
     def _hand_on_slot(self, tune_controller, freed: Optional[str]) -> None:
         """A slot frees (``freed`` pauses, or a running trial ends): a promotion takes it, else the searcher."""
-        limiter = _Slots(tune_controller.search_alg)
         if freed is not None:
-            limiter.release(freed)
+            _Slots(tune_controller.search_alg).release(freed)
         chosen = self.next_promotion()
-        if chosen is None:
-            return
-        rung = self.paused.pop(chosen)
-        self.promoted[rung].append(chosen)
-        self.resuming.add(chosen)
-        limiter.claim(chosen)
-        logger.info("trial %s ranks in the top %d of %d at rung %d: it resumes", chosen, self._top_count(rung),
-                    len(self.scores[rung]), rung)
+        if chosen is not None:
+            rung = self.paused[chosen]
+            self._promote(tune_controller, chosen, why=f"ranks in the top {self._top_count(rung)} of "
+                                                       f"{len(self.scores[rung])} at rung {rung}")
 
-    def _stop_the_rest(self, tune_controller, trials: list[Trial]) -> None:
-        """No trial left to start or run: nothing can promote the paused ones, so they stop early."""
+    def _promote(self, tune_controller, trial_id: str, why: str) -> None:
+        rung = self.paused.pop(trial_id)
+        self.promoted[rung].append(trial_id)
+        self.resuming.add(trial_id)
+        _Slots(tune_controller.search_alg).claim(trial_id)
+        logger.info("trial %s %s: it resumes", trial_id, why)
+        self._save()
+
+    def _drain(self, tune_controller, trials: list[Trial]) -> Optional[Trial]:
+        """No trial left to start or run: nothing new can reach a rung. The best trial waiting at the
+        highest rung goes on if that rung has promoted none (so a search always finishes a model);
+        otherwise no result can promote the waiting trials any more, and they stop early."""
         if not self.paused or self.resuming or not tune_controller.search_alg.is_finished():
-            return
+            return None
         if any(t.status in (Trial.PENDING, Trial.RUNNING) for t in trials):
-            return
+            return None
+        top = max(self.paused.values())
+        if not self.promoted[top]:
+            chosen = next(t for t in self.ranked(top) if self.paused.get(t) == top)
+            self._promote(tune_controller, chosen, why=f"is the best of {len(self.scores[top])} at rung {top}, "
+                                                       "and no trial is left to run")
+            return next(t for t in trials if t.trial_id == chosen)
         for trial in trials:
             if trial.status == Trial.PAUSED:
                 logger.info("trial %s stopped early at rung %d: no trial is left to run", trial.trial_id,
                             self.paused.get(trial.trial_id, 0))
                 tune_controller.stop_trial(trial)
+        return None
 
     # --- state kept for --resume -------------------------------------------------------------------
     def _save(self) -> None:
@@ -163,6 +180,11 @@ class PromotionASHA(FIFOScheduler):
         tmp = self._state_path.with_name(f".{STATE_FILE}.tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self._state_path)
+
+    def __setstate__(self, state: dict) -> None:
+        """``--resume`` unpickles the scheduler the search started with: take the records since then."""
+        self.__dict__.update(state)
+        self._load()
 
     def _load(self) -> None:
         if self._state_path is None or not self._state_path.is_file():
@@ -179,11 +201,11 @@ class _Slots:
     """The searcher's count of live trials, which a paused trial must not hold."""
 
     def __init__(self, search_alg):
-        inner = getattr(search_alg, "searcher", search_alg)  # Tune's SearchGenerator wraps a Searcher
-        self._live = getattr(inner, "live_trials", None)  # ConcurrencyLimiter
-        self._limiter = inner if self._live is not None else None
-        if self._live is None:
-            self._live = getattr(inner, "_live_trials", None)  # BasicVariantGenerator's own limit
+        inner = search_alg  # Tune's SearchGenerator wraps a ConcurrencyLimiter, which wraps the Searcher
+        while not hasattr(inner, "live_trials") and not hasattr(inner, "_live_trials") and hasattr(inner, "searcher"):
+            inner = inner.searcher
+        self._limiter = inner if hasattr(inner, "live_trials") else None  # ConcurrencyLimiter
+        self._live = getattr(inner, "live_trials", getattr(inner, "_live_trials", None))  # or random search's own
 
     def release(self, trial_id: str) -> None:
         if self._live is not None and trial_id in self._live:

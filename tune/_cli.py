@@ -20,7 +20,7 @@ def register(subparsers) -> None:
                    help="asha (default): stop weak trials early; fifo: run every trial to the end; "
                         "pbt: population based training (perturbs lr and weight decay)")
     p.add_argument("--grace-period", type=int, default=1,
-                   help="ASHA's first rung, in epochs (default 1): no trial is stopped before it")
+                   help="ASHA's first rung, in epochs (default 1): no trial waits or stops before it")
     p.add_argument("--reduction-factor", type=float, default=2.0,
                    help="ASHA keeps the top 1/F of each rung; rungs at grace x F^k epochs (default 2: 1, 2, 4, ...)")
     p.add_argument("--search", choices=["optuna", "random"], default=None,

@@ -81,8 +81,8 @@ class TuneJob(BaseModel):
 
     @property
     def rungs(self) -> list[int]:
-        """The epochs at which ASHA may stop a trial: Ray's milestones (grace x factor^k, reached at the
-        first epoch >= each) before the trials' last epoch, where attune never stops one."""
+        """The epochs at which ASHA judges a trial (see ``tune._asha``): grace x factor^k, each reached
+        at the first epoch >= it, before the trials' last epoch, where attune never pauses one."""
         rungs, milestone = [], float(self.grace_period)
         while (epoch := math.ceil(milestone - 1e-9)) < self.epochs_cap:
             rungs.append(epoch)

@@ -4,14 +4,16 @@ The search runs as the user runs it: the CLI as a subprocess on its own embedded
 Trials use one worker each (at this size a trial's time is mostly Ray Train starting its
 workers, and one worker starts fastest) and run one at a time, so the order of their results,
 and with it every ASHA decision, is the same on every run. The space is a good and a hopeless
-learning rate, seeded so the trials sample: hopeless (crashed on purpose), hopeless, good,
-hopeless (stopped by ASHA at epoch 1, after the good one).
+learning rate, seeded so the trials sample: hopeless (crashed on purpose in epoch 2), hopeless
+(first at ASHA's rung, epoch 2: it waits), good (tops the rung and finishes), hopeless (waits).
+Nothing is left to run then, so ASHA stops the two that wait.
 """
 from __future__ import annotations
 
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -90,8 +92,8 @@ def search_args(tmp_path, tiny_base, demo_dir) -> list[str]:
     space.write_text(SPACE)
     return ["tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base", str(tiny_base),
             "--space", str(space), "--trials", "4", "--scheduler", "asha", "--search", "random", "--seed", SEED,
-            "--workers", "1", "--max-concurrent", "1", "--max-seq-len", "32", "--max-failures", "0",
-            "--promotion-floor", "0", "--json"]
+            "--grace-period", "2", "--workers", "1", "--max-concurrent", "1", "--max-seq-len", "32",
+            "--max-failures", "0", "--promotion-floor", "0", "--json"]
 
 
 def test_asha_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, search_args):
@@ -121,13 +123,16 @@ def test_asha_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, sear
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-4000:]
     summary = json.loads(out.strip().splitlines()[-1])
-    assert (summary["trials"], summary["failed"], summary["completed"], summary["stopped_early"]) == (4, 1, 2, 1)
+    # the hopeless trial that reached the rung first waited there: under Ray's stopping ASHA it went on
+    assert (summary["trials"], summary["failed"], summary["completed"], summary["stopped_early"]) == (4, 1, 1, 2)
     assert summary["best_config"]["lr"] == pytest.approx(GOOD_LR) and summary["best_metric"] > 0.3
     assert (summary["model_version"], summary["alias"]) == ("1", "champion")
     assert summary["promotion"]["promoted"] is True
     assert "up to 1 at a time" in err
     assert "val_macro_f1" in err and "trials ended" in err  # progress lines while it ran
     assert "ranked by best_val_macro_f1" in err  # ASHA compares each trial's best epoch so far
+    assert "rungs at epochs [2]" in err
+    assert len(re.findall(r"trial \w+ stopped early at rung 2: no trial is left to run", err)) == 2
 
     _check_tracking(home, summary, before)
 

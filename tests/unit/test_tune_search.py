@@ -1,9 +1,8 @@
 """The search's building blocks without Ray running: concurrency, schedulers, searchers, best trial."""
-import math
 import re
 
 import pytest
-from ray.tune.schedulers import AsyncHyperBandScheduler, PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from tune import TuneError, TuneJob, default_space
 from tune._search import (DRIVER_MEMORY_BYTES, build_scheduler, build_searcher, max_concurrent_trials,
@@ -53,64 +52,6 @@ def test_a_trial_that_cannot_fit_is_an_error_naming_the_flag():
         max_concurrent_trials({"CPU": 2.0, "memory": 8.0 * GiB}, 4, False, None, 8)
 
 
-class _Trial:
-    def __init__(self, trial_id: str, epochs: int):
-        self.trial_id, self.config = trial_id, {"epochs": epochs}
-
-
-def test_asha_stops_weak_trials_at_epoch_rungs_but_never_a_trial_at_its_last_epoch():
-    asha = build_scheduler(_job(scheduler="asha"))
-    asha.set_search_properties("val_macro_f1", "max")
-    assert isinstance(asha, AsyncHyperBandScheduler) and asha._time_attr == "epoch" and asha._max_t == 4
-    strong, weak, short = _Trial("strong", 4), _Trial("weak", 4), _Trial("short", 1)
-    for trial in (strong, weak, short):
-        asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, strong, {"epoch": 1, "val_macro_f1": 0.8}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, weak, {"epoch": 1, "val_macro_f1": 0.2}) == TrialScheduler.STOP
-    # as weak as that, but epoch 1 is its last: only its export is left, so it finishes
-    assert asha.on_trial_result(None, short, {"epoch": 1, "val_macro_f1": 0.2}) == TrialScheduler.CONTINUE
-    final = {"epoch": 1, "val_macro_f1": 0.1, "final": 1}
-    assert asha.on_trial_result(None, _register(asha, _Trial("late", 4)), final) == TrialScheduler.CONTINUE
-
-
-def test_asha_ranks_a_trial_by_its_best_epoch_so_far_and_pbt_by_its_latest():
-    """A trial exports its best epoch, so one whose score dipped after a strong epoch is still strong."""
-    assert ranking_metric("asha") == ranking_metric("fifo") == "best_val_macro_f1"
-    assert ranking_metric("pbt") == "val_macro_f1"  # PBT copies current weights: the latest epoch counts
-    asha = build_scheduler(_job(scheduler="asha"))
-    asha.set_search_properties(ranking_metric("asha"), "max")
-    steady, dipped, weak = (_register(asha, _Trial(name, 4)) for name in ("steady", "dipped", "weak"))
-    for trial, val in ((steady, 0.60), (dipped, 0.63), (weak, 0.45)):
-        asha.on_trial_result(None, trial, {"epoch": 1, "val_macro_f1": val, "best_val_macro_f1": val})
-    assert asha.on_trial_result(None, steady, {"epoch": 2, "val_macro_f1": 0.61,
-                                               "best_val_macro_f1": 0.61}) == TrialScheduler.CONTINUE
-    # epoch 2 fell to 0.54, but its epoch-1 model (0.63) is what it would export: it goes on
-    assert asha.on_trial_result(None, dipped, {"epoch": 2, "val_macro_f1": 0.54,
-                                               "best_val_macro_f1": 0.63}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, weak, {"epoch": 2, "val_macro_f1": 0.50,
-                                             "best_val_macro_f1": 0.50}) == TrialScheduler.STOP
-
-
-@pytest.mark.parametrize("grace, factor, epochs, rungs", [
-    (1, 2.0, 8, [1, 2, 4]),   # the default
-    (1, 3.0, 8, [1, 3]),
-    (2, 2.0, 8, [2, 4]),
-    (1, 1.5, 4, [1, 2, 3]),   # milestones 1.5, 2.25, 3.375 are reached at epochs 2, 3 and 4 (the last)
-])
-def test_grace_period_and_reduction_factor_move_ashas_rungs(grace, factor, epochs, rungs):
-    job = _job(space=default_space("full", max_epochs=epochs), grace_period=grace, reduction_factor=factor)
-    assert job.rungs == rungs
-    asha = build_scheduler(job)
-    asha.set_search_properties("best_val_macro_f1", "max")
-    reached = sorted(math.ceil(m - 1e-9) for m, _ in asha._brackets[0]._rungs)  # what Ray compares against
-    assert [epoch for epoch in reached if epoch < epochs] == rungs
-    first, weak = (_register(asha, _Trial(name, epochs)) for name in ("first", "weak"))
-    for epoch in range(1, grace):  # nobody is stopped before the grace period
-        assert asha.on_trial_result(None, weak, {"epoch": epoch, "best_val_macro_f1": 0.0}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, first, {"epoch": grace, "best_val_macro_f1": 0.8}) == TrialScheduler.CONTINUE
-    assert asha.on_trial_result(None, weak, {"epoch": grace, "best_val_macro_f1": 0.1}) == TrialScheduler.STOP
-
-
 @pytest.mark.parametrize("overrides, message", [
     (dict(grace_period=4), "--grace-period 4 is not below the trials' largest epoch count (4)"),
     (dict(grace_period=0), "greater than or equal to 1"),
@@ -123,9 +64,9 @@ def test_bad_asha_settings_are_refused(overrides, message):
         _job(**overrides)
 
 
-def _register(scheduler, trial):
-    scheduler.on_trial_add(None, trial)
-    return trial
+class _Trial:
+    def __init__(self, trial_id: str, epochs: int):
+        self.trial_id, self.config = trial_id, {"epochs": epochs}
 
 
 def test_pbt_perturbs_only_what_can_change_mid_training_and_never_at_the_last_epoch():
