@@ -14,15 +14,17 @@ over the train rows), so that its first epoch already ranks the learning rates: 
 512 rows, every trial is still at the majority-class baseline after epoch 1.
 
 Compute is the training steps every trial took (trials that ASHA stopped count the steps they
-ran) plus every trial's head-only warm-up steps, each counted as a whole step although it only
+ran; a trial that ASHA paused at a rung and resumed counts each step once, as its Train run
+restarts from the rung's checkpoint; the few steps a trial trains past a rung before its pause
+takes effect are thrown away and not counted) plus every trial's head-only warm-up steps, each counted as a whole step although it only
 runs the frozen encoder forward. The last line compares the best validation macro-F1 (the
 metric both searches select by) and the compute: ASHA's target is within 1 point of random
 search at <= 0.5x the steps.
 
 Why 8 epochs: ASHA's rungs are at epochs 1, 2, 4 (reduction factor 2), so with 4-epoch trials
 even synchronous successive halving spends exactly 0.5x of a full search (8 + 4 + 2x2 of 32
-trial-epochs), and asynchronous ASHA, which lets early trials through while a rung is still
-empty, always spends a little more. The 0.5x target needs trials longer than the last rung.
+trial-epochs), and ASHA, which decides while a rung is still filling, spends a little more. The
+0.5x target needs trials longer than the last rung.
 
 One run compares two maxima of noisy scores (at 512 rows a trial's validation macro-F1 moves 2-4
 points between epochs), so one seed cannot settle a 1-point target. ``--combine`` reads the

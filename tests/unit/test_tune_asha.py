@@ -25,6 +25,9 @@ class _Searcher(Searcher):
     def suggest(self, trial_id):
         return {}
 
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        pass
+
 
 class _Controller:
     """What Tune hands a scheduler: its trials, its searcher (2 live trials at most), stop_trial."""
@@ -184,3 +187,27 @@ def test_resume_unpickles_the_starting_scheduler_and_it_reads_the_records_since(
     pickled = pickle.dumps(asha)  # Tune pickles the Tuner, scheduler included, when the search starts
     _report(asha, tune, tune.start("a"), 1, 0.4)
     assert pickle.loads(pickled).paused == {"a": 1}
+
+
+def test_a_waiting_trial_frees_its_slot_in_either_searcher():
+    """Optuna's ConcurrencyLimiter (inside Tune's SearchGenerator) and the random generator's own limit."""
+    from ray.tune.search import BasicVariantGenerator, SearchGenerator
+
+    from tune._asha import _Slots
+
+    limiter = ConcurrencyLimiter(_Searcher(metric="m", mode="max"), max_concurrent=1)
+    wrapped = SearchGenerator(limiter)
+    assert limiter.suggest("a") is not None and limiter.suggest("b") is None
+    _Slots(wrapped).release("a")
+    assert limiter.suggest("b") is not None and limiter.live_trials == {"b"}
+    _Slots(wrapped).claim("a")
+    assert limiter.live_trials == {"a", "b"} and limiter.num_unfinished_live_trials == 2
+    limiter.on_trial_complete("a")
+    assert limiter.live_trials == {"b"} and limiter.num_unfinished_live_trials == 1
+
+    generator = BasicVariantGenerator(max_concurrent=1)
+    generator._live_trials.add("a")
+    _Slots(generator).release("a")
+    assert generator._live_trials == set()
+    _Slots(generator).claim("a")
+    assert generator._live_trials == {"a"}
