@@ -150,13 +150,13 @@ class RungOptunaSearch(OptunaSearch):
 
 def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore: bool):
     """A new Tuner for ``job``, or (``restore``) the interrupted one in the tenant's experiment dir."""
-    from tune._trial import run_trial
+    from tune._trial import trainable as trial_trainable
 
     experiment_dir = experiment_path(job, settings)
     metric = ranking_metric(job.scheduler)
     trainable = ray_tune.with_resources(
-        ray_tune.with_parameters(run_trial, job=job.model_dump(mode="json"), dataset=dataset,
-                                 settings=settings.model_dump(mode="json"), experiment_dir=str(experiment_dir)),
+        trial_trainable(job=job.model_dump(mode="json"), dataset=dataset, settings=settings.model_dump(mode="json"),
+                        experiment_dir=str(experiment_dir)),
         {"CPU": 0, "memory": DRIVER_MEMORY_BYTES})
     if restore:
         return ray_tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,

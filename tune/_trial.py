@@ -19,6 +19,7 @@ import datetime as _dt
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -29,6 +30,7 @@ TRIALS_DIR = "trials"
 TRAIN_RUNS_DIR = "train_runs"
 FINAL = "final"  # set to 1 on a trial's last result: it finished training and exported a model
 _END = "__end__"
+STOP_GRACE_S = 30.0  # how long a stopped trial waits for its Train run to abort
 
 
 class ForwardReports(UserCallback):
@@ -38,9 +40,12 @@ class ForwardReports(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
+        import ray
+
         row = dict(metrics[0])  # rank 0: the only rank that reports test metrics
         final = bool(row.pop("done", False))
-        self.queue.put({"metrics": row, "final": final, "checkpoint": checkpoint.path if checkpoint else None})
+        self.queue.put({"metrics": row, "final": final, "checkpoint": checkpoint.path if checkpoint else None,
+                        "controller": ray.get_runtime_context().current_actor})
 
 
 def run_trial(params: dict, *, job: dict, dataset, settings: dict, experiment_dir: str) -> None:
@@ -104,12 +109,67 @@ def _forward(config, settings, dataset, *, run_name: str, storage: Path, start,
         if item["final"]:
             on_final(metrics)
             final = True
-        ray_tune.report(metrics, checkpoint=checkpoint)  # exits this thread when Tune stops the trial
+        try:
+            ray_tune.report(metrics, checkpoint=checkpoint)  # raises SystemExit when Tune stops or pauses the trial
+        except SystemExit:
+            _abort_training(item["controller"], queue, thread)
+            raise
     thread.join()
     if "error" in outcome:
         raise outcome["error"]
     if not final:
         raise RuntimeError(f"trial run {run_name} ended without reporting its exported model")
+
+
+def _abort_training(controller, queue, thread: threading.Thread) -> None:
+    """Tune stopped or paused this trial: end its Train run now, and wait for it.
+
+    Left alone, the run's controller sees its workers die with the trial's actor, retries, and
+    reserves a new placement group that nothing removes while the search runs (Ray Train's
+    cleaner only knows the first); the CPUs it holds then starve the trials that run next.
+    Aborting the controller releases the workers and their placement group first.
+    ``StoppableTrial.cleanup`` keeps the actor alive until this returns.
+    """
+    import queue as queue_lib
+
+    import ray
+
+    done = controller.abort.remote()
+    deadline = time.monotonic() + STOP_GRACE_S
+    while thread.is_alive() and time.monotonic() < deadline:
+        try:
+            queue.get_nowait()  # a report the controller may be blocked on
+        except queue_lib.Empty:
+            pass
+        except ray.exceptions.RayError:
+            break
+        thread.join(0.2)
+    try:
+        ray.get(done, timeout=max(0.1, deadline - time.monotonic()))
+    except ray.exceptions.RayError:
+        pass  # the controller exits as it aborts, or was gone already
+
+
+def trainable(**parameters):
+    """``run_trial`` with its fixed parameters, as a Tune trainable whose stop waits for the trial's
+    Train run to be aborted (Ray's function trainable lets the actor exit at once)."""
+    from ray.train._internal.session import get_session
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    base = wrap_function(ray_tune.with_parameters(run_trial, **parameters))
+
+    class StoppableTrial(base):
+        def cleanup(self):
+            session = get_session()
+            training = getattr(session, "training_thread", None)
+            try:
+                super().cleanup()
+            finally:
+                if training is not None:
+                    training.join(timeout=STOP_GRACE_S)
+
+    StoppableTrial.__name__ = "run_trial"
+    return StoppableTrial
 
 
 def _tune_metrics(item: dict) -> dict:

@@ -193,8 +193,9 @@ def _check_tpe_learned_every_trial_at_the_rung(home: Path, summary: dict) -> Non
     """The searcher state Tune saved (and --resume restored) holds every trial that reached ASHA's
     rung told to TPE with its score there (its best by epoch 2), the trial that ran on to its last
     epoch included, not that trial's final best; the crashed trial is a failed Optuna trial."""
-    [state_file] = (home / "ray_results" / "tune-john").glob("searcher-state-*.pkl")
-    state = pickle.loads(state_file.read_bytes())
+    saved = sorted((home / "ray_results" / "tune-john").glob("searcher-state-*.pkl"))  # one per driver, timestamped
+    assert len(saved) == 2
+    state = pickle.loads(saved[-1].read_bytes())  # the resumed driver's, written as the search ended
     assert state["rung"] == 2
     told = {t.number: t for t in state["_ot_study"].trials}
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
