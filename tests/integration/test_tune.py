@@ -1,7 +1,8 @@
 """`attune tune` end to end on a tiny random BERT: the default search (ASHA + Optuna TPE), a crashed
 trial, a killed driver, --resume.
 
-The search runs as the user runs it: the CLI as a subprocess on its own embedded Ray (2 CPUs).
+The search runs as the user runs it: the CLI as a subprocess on its own embedded Ray (1 CPU, so a
+trial that held on to its CPU after ASHA paused it would block the next; PBT's test has 2).
 Trials use one worker each (at this size a trial's time is mostly Ray Train starting its
 workers, and one worker starts fastest) and run one at a time, so the order of their results,
 and with it every ASHA decision, is the same on every run. The space is a good and a hopeless
@@ -35,10 +36,10 @@ SEED = "1"  # TPESampler(seed=1) draws bad, bad, good for its first (random) tri
 PBT_OPT_IN = "ATTUNE_TEST_PBT"
 
 
-def _attune(home: Path, *args: str) -> subprocess.Popen:
+def _attune(home: Path, *args: str, cpus: int = 2) -> subprocess.Popen:
     # Ray Train's controller polls its workers every 2 s by default; at 0.5 s the tiny trials' reports
     # and shutdowns wait less (this only changes how soon the controller notices, not what it does)
-    env = dict(os.environ, ATTUNE_HOME=str(home), ATTUNE_RAY_NUM_CPUS="2", ATTUNE_PROGRESS_INTERVAL_S="5",
+    env = dict(os.environ, ATTUNE_HOME=str(home), ATTUNE_RAY_NUM_CPUS=str(cpus), ATTUNE_PROGRESS_INTERVAL_S="5",
                RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5")
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env, text=True,
@@ -101,7 +102,8 @@ def test_default_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, s
     home = tmp_path / "home"
     trials_dir = home / "ray_results" / "tune-john" / "trials"
     train_runs = home / "ray_results" / "tune-john" / "train_runs"
-    first = _attune(home, *search_args)
+    # one CPU: a trial ASHA pauses must release its worker's CPU, or the next trial never starts
+    first = _attune(home, *search_args, cpus=1)
     try:
         # a trial crashes: its only training worker dies and --max-failures 0 allows no restart
         victim = wait_for(lambda: _training_worker(first.pid, train_runs) or first.poll() is not None, 180,
@@ -120,7 +122,7 @@ def test_default_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, s
         first.communicate()
     assert first.returncode == -signal.SIGKILL
 
-    resumed = _attune(home, *search_args, "--resume")
+    resumed = _attune(home, *search_args, "--resume", cpus=1)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-4000:]
     summary = json.loads(out.strip().splitlines()[-1])
