@@ -22,44 +22,51 @@ own limit), and a paused trial is still live there. So a pausing trial hands its
 on (to the trial it promotes, or back to the searcher for a new trial); otherwise two paused
 trials would hold both slots of a 2-at-a-time search and nothing could run.
 
-The rung records live in ``asha-state.json`` in the experiment folder, so ``--resume`` promotes
-and stops exactly as the interrupted search would have.
+The rung records are checkpointed with the rest of Tune's experiment state, through a Tune
+callback (:class:`RungRecords`), so ``--resume`` promotes and stops exactly as the interrupted search
+would have, from records that match the trial states Tune restores. (A file the scheduler wrote into
+the experiment folder itself would not do: Tune stages the folder's top-level ``.json`` and ``.pkl``
+files on restore and uploads its stale copies over them at every experiment checkpoint.)
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Optional
 
+from ray import tune as ray_tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 logger = logging.getLogger("attune.tune")
-STATE_FILE = "asha-state.json"
 
 
 class PromotionASHA(FIFOScheduler):
     """Pauses trials at ``rungs`` (epochs) and resumes those in the top ``1/reduction_factor``."""
 
     def __init__(self, *, rungs: list[int], reduction_factor: float, metric: str, time_attr: str,
-                 at_its_end, state_dir: Optional[Path] = None):
+                 at_its_end):
         super().__init__()
         self._supports_buffered_results = False  # every epoch's result is judged as it comes
         self.rungs, self.eta, self.time_attr = list(rungs), float(reduction_factor), time_attr
         self._rank_by, self._at_its_end = metric, at_its_end
-        self._state_path = Path(state_dir) / STATE_FILE if state_dir else None
         self.scores: dict[int, dict[str, float]] = {r: {} for r in self.rungs}
         self.promoted: dict[int, list[str]] = {r: [] for r in self.rungs}
         self.paused: dict[str, int] = {}  # trial id -> the rung it waits at
         self.resuming: set[str] = set()  # promoted while paused; runs as soon as Tune starts it
-        self._load()
+        self.stopped_early: list[str] = []  # stopped while waiting, once nothing could promote them
 
     # --- Tune's scheduler interface -------------------------------------------------------------
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        if trial.trial_id in self.paused and trial.status == Trial.PENDING:
-            trial.set_status(Trial.PAUSED)  # restored by --resume: it still waits for its promotion
+        if trial.status != Trial.PENDING:
+            return
+        # restored by --resume (Tune requeues every unfinished trial as PENDING)
+        if trial.trial_id in self.paused:
+            trial.set_status(Trial.PAUSED)  # it still waits for its promotion
+        elif trial.trial_id in self.stopped_early:
+            # stopped while paused: Tune's experiment state may still say PAUSED, as it only
+            # re-records a stopped trial that had an actor
+            trial.set_status(Trial.TERMINATED)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
         self.resuming.discard(trial.trial_id)
@@ -80,7 +87,6 @@ class PromotionASHA(FIFOScheduler):
         logger.info("trial %s at rung %d (epoch %d): %s %.4f, %d recorded there, top %d go on: %s",
                     trial.trial_id, rung, epoch, self._rank_by, score, len(self.scores[rung]),
                     self._top_count(rung), "goes on" if decision == TrialScheduler.CONTINUE else "waits")
-        self._save()
         return decision
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
@@ -93,7 +99,6 @@ class PromotionASHA(FIFOScheduler):
         self.resuming.discard(trial.trial_id)
         if self.paused.pop(trial.trial_id, None) is None:  # it was running: its slot frees
             self._hand_on_slot(tune_controller, None)
-        self._save()
 
     def choose_trial_to_run(self, tune_controller) -> Optional[Trial]:
         trials = tune_controller.get_trials()
@@ -146,7 +151,6 @@ class PromotionASHA(FIFOScheduler):
         self.resuming.add(trial_id)
         _Slots(tune_controller.search_alg).claim(trial_id)
         logger.info("trial %s %s: it resumes", trial_id, why)
-        self._save()
 
     def _drain(self, tune_controller, trials: list[Trial]) -> Optional[Trial]:
         """No trial left to start or run: nothing new can reach a rung. The best trial waiting at the
@@ -166,35 +170,48 @@ class PromotionASHA(FIFOScheduler):
             if trial.status == Trial.PAUSED:
                 logger.info("trial %s stopped early at rung %d: no trial is left to run", trial.trial_id,
                             self.paused.get(trial.trial_id, 0))
+                self.stopped_early.append(trial.trial_id)
                 tune_controller.stop_trial(trial)
         return None
 
     # --- state kept for --resume -------------------------------------------------------------------
-    def _save(self) -> None:
-        if self._state_path is None:
-            return
-        state = {"rungs": self.rungs, "reduction_factor": self.eta, "paused": self.paused,
-                 "scores": {str(r): s for r, s in self.scores.items()},
-                 "promoted": {str(r): p for r, p in self.promoted.items()}}
-        self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_name(f".{STATE_FILE}.tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self._state_path)
+    def records(self) -> dict:
+        """The rung records, as plain data: each rung's scores and promotions, and who waits where."""
+        return {"rungs": list(self.rungs), "reduction_factor": self.eta, "paused": dict(self.paused),
+                "stopped_early": list(self.stopped_early),
+                "scores": {r: dict(s) for r, s in self.scores.items()},
+                "promoted": {r: list(p) for r, p in self.promoted.items()}}
 
-    def __setstate__(self, state: dict) -> None:
-        """``--resume`` unpickles the scheduler the search started with: take the records since then."""
-        self.__dict__.update(state)
-        self._load()
+    def restore_records(self, records: dict) -> None:
+        """Take the records an interrupted search checkpointed (see :class:`RungRecords`)."""
+        if list(records["rungs"]) != self.rungs or float(records["reduction_factor"]) != self.eta:
+            raise ValueError(f"the checkpointed ASHA records are for rungs {records['rungs']} and reduction factor "
+                             f"{records['reduction_factor']}, but this search has rungs {self.rungs} and "
+                             f"{self.eta:g}; start a new search without --resume")
+        self.scores = {int(r): dict(s) for r, s in records["scores"].items()}
+        self.promoted = {int(r): list(p) for r, p in records["promoted"].items()}
+        self.paused = {t: int(r) for t, r in records["paused"].items()}
+        self.stopped_early = list(records["stopped_early"])
 
-    def _load(self) -> None:
-        if self._state_path is None or not self._state_path.is_file():
-            return
-        state = json.loads(self._state_path.read_text())
-        if state["rungs"] != self.rungs or state["reduction_factor"] != self.eta:
-            return  # another search's records (a fresh search removes the folder first)
-        self.scores = {int(r): s for r, s in state["scores"].items()}
-        self.promoted = {int(r): p for r, p in state["promoted"].items()}
-        self.paused = {t: int(r) for t, r in state["paused"].items()}
+
+class RungRecords(ray_tune.Callback):
+    """Checkpoints a :class:`PromotionASHA`'s rung records with Tune's experiment state.
+
+    Tune saves every callback's ``get_state()`` next to the experiment state at each experiment
+    checkpoint, and ``Tuner.restore`` hands it back through ``set_state()`` before it requeues the
+    restored trials. The Tuner pickles its TuneConfig and RunConfig together, so the restored
+    callback still holds the restored scheduler.
+    """
+
+    def __init__(self, scheduler: PromotionASHA):
+        self.scheduler = scheduler
+
+    def get_state(self) -> Optional[dict]:
+        return {"asha": self.scheduler.records()}
+
+    def set_state(self, state: dict) -> None:
+        self.scheduler.restore_records(state["asha"])
+        logger.info("ASHA's rung records restored: %s", self.scheduler.debug_string())
 
 
 class _Slots:

@@ -12,7 +12,7 @@ from ray import tune as ray_tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune._asha import PromotionASHA
+from tune._asha import PromotionASHA, RungRecords
 from tune._errors import TuneError
 from tune._job import TuneJob
 
@@ -77,16 +77,14 @@ def _at_its_end(trial, result: dict, default_epochs: int) -> bool:
     return bool(result.get("final")) or result.get(TIME_ATTR, 0) >= int(trial.config.get("epochs", default_epochs))
 
 
-def build_scheduler(job: TuneJob, experiment_dir: Optional[Path] = None):
-    """ASHA (promotion form, see ``tune._asha``), PBT or FIFO. ``experiment_dir`` keeps ASHA's rung
-    records for ``--resume``."""
+def build_scheduler(job: TuneJob):
+    """ASHA (promotion form, see ``tune._asha``), PBT or FIFO."""
     from ray.tune.schedulers import FIFOScheduler
 
     if job.scheduler == "asha":
         return PromotionASHA(rungs=job.rungs, reduction_factor=job.reduction_factor,
                              metric=ranking_metric(job.scheduler), time_attr=TIME_ATTR,
-                             at_its_end=functools.partial(_at_its_end, default_epochs=job.max_epochs),
-                             state_dir=experiment_dir)
+                             at_its_end=functools.partial(_at_its_end, default_epochs=job.max_epochs))
     if job.scheduler == "pbt":
         return EpochPBT(default_epochs=job.max_epochs, time_attr=TIME_ATTR, perturbation_interval=1,
                         hyperparam_mutations=job.space.mutations(), quantile_fraction=0.5,
@@ -161,17 +159,20 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
     if restore:
         return ray_tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True,
                                       resume_errored=False, restart_errored=False)
+    scheduler = build_scheduler(job)
+    # ASHA's rung records are checkpointed with Tune's experiment state, for --resume
+    kept = [RungRecords(scheduler)] if isinstance(scheduler, PromotionASHA) else []
     return ray_tune.Tuner(
         trainable,
         param_space=job.space.param_space(),
         tune_config=ray_tune.TuneConfig(
             metric=metric, mode="max", search_alg=build_searcher(job, max_concurrent),
-            scheduler=build_scheduler(job, experiment_dir), num_samples=job.trials, time_budget_s=job.time_budget_s),
+            scheduler=scheduler, num_samples=job.trials, time_budget_s=job.time_budget_s),
         run_config=ray_tune.RunConfig(
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
-            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric)]),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric), *kept]),
     )
 
 

@@ -6,10 +6,11 @@ trial that held on to its CPU after ASHA paused it would block the next; PBT's t
 Trials use one worker each (at this size a trial's time is mostly Ray Train starting its
 workers, and one worker starts fastest) and run one at a time, so the order of their results,
 and with it every ASHA decision, is the same on every run. The space is a good and a hopeless
-learning rate; TPE's first trials are seeded random draws, and seed 1 draws: hopeless (crashed on
+learning rate; TPE's first 3 trials are seeded random draws, and seed 1 draws: hopeless (crashed on
 purpose in epoch 2), hopeless (first at ASHA's only rung, epoch 2: it waits there), good (tops the
-rung and finishes; the driver is killed then). After --resume nothing is left to run, so ASHA
-stops the trial that waits.
+rung and finishes; the driver is killed then). After --resume TPE picks the 4th; it goes on only if
+it ranks in the top half at the rung (with the good trial's learning rate it ties it at best, and
+the first recorded ranks first). Then nothing is left to run, and ASHA stops the trials that wait.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def search_args(tmp_path, tiny_base, demo_dir) -> list[str]:
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     return ["tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base", str(tiny_base),
-            "--space", str(space), "--trials", "3", "--seed", SEED, "--grace-period", "2", "--workers", "1", "--max-concurrent", "1", "--max-seq-len", "32",
+            "--space", str(space), "--trials", "4", "--seed", SEED, "--grace-period", "2", "--workers", "1",
+            "--max-concurrent", "1", "--max-seq-len", "32",
             "--max-failures", "0", "--promotion-floor", "0", "--json"]
 
 
@@ -127,8 +129,16 @@ def test_default_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, s
     assert resumed.returncode == 0, err[-4000:]
     summary = json.loads(out.strip().splitlines()[-1])
     assert (summary["scheduler"], summary["search"]) == ("asha", "optuna")
-    # the hopeless trial that reached the rung first waited there: under Ray's stopping ASHA it went on
-    assert (summary["trials"], summary["failed"], summary["completed"], summary["stopped_early"]) == (3, 1, 1, 1)
+    # the hopeless trial that reached the rung first waited there (under Ray's stopping ASHA it went
+    # on); a trial went on from the rung only while it ranked in the top half of those recorded there
+    asha = _asha_records(home)
+    at_rung, promoted = asha["scores"][2], asha["promoted"][2]
+    assert len(at_rung) == 3 and len(promoted) in (1, 2) and asha["paused"] == {}
+    assert len(asha["stopped_early"]) == 3 - len(promoted)
+    waited = next(iter(at_rung))
+    assert waited not in promoted and max(at_rung, key=at_rung.get) in promoted
+    assert (summary["trials"], summary["failed"], summary["completed"], summary["stopped_early"]) == \
+        (4, 1, len(promoted), 3 - len(promoted))
     assert summary["best_config"]["lr"] == pytest.approx(GOOD_LR) and summary["best_metric"] > 0.3
     assert (summary["model_version"], summary["alias"]) == ("1", "champion")
     assert summary["promotion"]["promoted"] is True
@@ -136,7 +146,7 @@ def test_default_search_survives_a_crashed_trial_and_a_killed_driver(tmp_path, s
     assert "val_macro_f1" in err and "trials ended" in err  # progress lines while it ran
     assert "ranked by best_val_macro_f1" in err  # ASHA compares each trial's best epoch so far
     assert "rungs at epochs [2]" in err
-    assert len(re.findall(r"trial \w+ stopped early at rung 2: no trial is left to run", err)) == 1
+    assert len(re.findall(r"trial \w+ stopped early at rung 2: no trial is left to run", err)) == 3 - len(promoted)
 
     _check_tracking(home, summary, before)
     _check_tpe_learned_every_trial_at_the_rung(home, summary)
@@ -151,7 +161,7 @@ def _check_tracking(home: Path, summary: dict, before: dict) -> None:
     assert parent["status"] == "FINISHED" and parent["tags"]["attune.kind"] == "tune"
     assert json.loads(parent["tags"]["attune.best_config"]) == summary["best_config"]
     children = registry.runs("tenant.john", parent_run_id=parent["run_id"])
-    assert len(children) == 3 and len(runs) == 4
+    assert len(children) == 4 and len(runs) == 5
     by_trial = {c["tags"]["attune.trial_id"]: c for c in children}
     statuses = sorted(c["status"] for c in children)
     assert statuses.count("FAILED") == 1 and statuses.count("KILLED") == summary["stopped_early"]
@@ -189,6 +199,15 @@ def test_pbt_search_runs_end_to_end(tmp_path, tiny_base, demo_dir):
     for record in records.values():
         if record["started_from"]:
             assert record["started_from"].startswith(str(experiment)) and "checkpoint_" in record["started_from"]
+
+
+def _asha_records(home: Path) -> dict:
+    """ASHA's rung records as the resumed driver checkpointed them when the search ended (Tune keeps
+    every callback's state in callback-states-<session>.pkl, one per driver)."""
+    saved = sorted((home / "ray_results" / "tune-john").glob("callback-states-*.pkl"))
+    assert len(saved) == 2
+    states = pickle.loads(saved[-1].read_bytes())
+    return next(state["asha"] for state in states.values() if state and "asha" in state)
 
 
 def _check_tpe_learned_every_trial_at_the_rung(home: Path, summary: dict) -> None:

@@ -7,7 +7,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from tune import TuneJob, default_space
-from tune._asha import STATE_FILE, PromotionASHA
+from tune._asha import PromotionASHA, RungRecords
 from tune._search import build_scheduler
 
 GO, WAIT = TrialScheduler.CONTINUE, TrialScheduler.PAUSE
@@ -37,6 +37,7 @@ class _Controller:
         self.search_alg = ConcurrencyLimiter(_Searcher(metric="best_val_macro_f1", mode="max"), max_concurrent=2)
         self.search_alg.is_finished = lambda: finished
         self.stopped: list[str] = []
+        self.scheduler = None  # set it to have stop_trial tell the scheduler, as Tune does
 
     def start(self, name: str, epochs: int = 8) -> _Trial:
         assert self.search_alg.suggest(name) is not None, f"the searcher has no slot for {name}"
@@ -49,6 +50,8 @@ class _Controller:
 
     def stop_trial(self, trial) -> None:
         self.stopped.append(trial.trial_id)
+        if self.scheduler is not None and trial.status in (Trial.PENDING, Trial.PAUSED):
+            self.scheduler.on_trial_remove(self, trial)  # as Tune's stop_trial does
         trial.set_status(Trial.TERMINATED)
 
 
@@ -58,8 +61,8 @@ def _job(**overrides) -> TuneJob:
     return TuneJob(**values)
 
 
-def _asha(tmp_path=None, **overrides) -> PromotionASHA:
-    asha = build_scheduler(_job(**overrides), tmp_path)
+def _asha(**overrides) -> PromotionASHA:
+    asha = build_scheduler(_job(**overrides))
     asha.set_search_properties("best_val_macro_f1", "max")
     return asha
 
@@ -145,6 +148,7 @@ def test_grace_period_and_reduction_factor_set_the_rungs_and_the_top_share(grace
 
 def test_once_nothing_is_left_to_run_a_lone_top_trial_goes_on_and_the_others_stop_early():
     asha, tune = _asha(), _Controller(finished=True)  # the searcher has started all its trials
+    tune.scheduler = asha
     a, b = tune.start("a"), tune.start("b")
     assert _report(asha, tune, a, 1, 0.9) == WAIT
     assert asha.choose_trial_to_run(tune) is None and tune.stopped == []  # b still runs
@@ -162,31 +166,48 @@ def test_once_nothing_is_left_to_run_a_lone_top_trial_goes_on_and_the_others_sto
     a.set_status(Trial.TERMINATED)
     # b waits at rung 1, which promoted a: no result can promote b any more
     assert asha.choose_trial_to_run(tune) is None and tune.stopped == ["b"]
+    # --resume after this (the driver killed while it registers a's model): Tune's experiment state
+    # may still call b PAUSED and requeue it, but b stays stopped
+    again = _asha()
+    again.restore_records(asha.records())
+    requeued = _Trial("b")
+    requeued.set_status(Trial.PENDING)
+    again.on_trial_add(tune, requeued)
+    assert again.paused == {} and again.stopped_early == ["b"] and requeued.status == Trial.TERMINATED
 
 
-def test_the_rung_records_survive_a_resume(tmp_path):
-    asha, tune = _asha(tmp_path), _Controller()
+def test_the_rung_records_survive_a_resume_through_tunes_callback_checkpoint(tmp_path):
+    from ray import cloudpickle
+    from ray.tune.callback import CallbackList
+
+    asha, tune = _asha(), _Controller()
+    # the Tuner pickles its TuneConfig (the scheduler) and RunConfig (the callback) together when the
+    # search starts, and --resume unpickles both: the restored callback holds the restored scheduler
+    started = cloudpickle.dumps({"scheduler": asha, "callbacks": [RungRecords(asha)]})
     a, b = tune.start("a"), tune.start("b")
     _report(asha, tune, a, 1, 0.4)
     _report(asha, tune, b, 1, 0.7)
-    assert (tmp_path / STATE_FILE).is_file()
-    again = _asha(tmp_path)  # --resume builds the scheduler anew in the same experiment folder
+    CallbackList([RungRecords(asha)]).save_to_dir(str(tmp_path), session_str="s1")  # an experiment checkpoint
+
+    restored = cloudpickle.loads(started)
+    again, callbacks = restored["scheduler"], CallbackList(restored["callbacks"])
+    assert again.paused == {} and again.scores == {1: {}, 2: {}, 4: {}}  # as pickled at the start
+    assert callbacks.can_restore(str(tmp_path))
+    callbacks.restore_from_dir(str(tmp_path))
     assert again.scores == asha.scores and again.paused == {"a": 1} and again.promoted[1] == ["b"]
-    restored = _Trial("a")
-    restored.set_status(Trial.PENDING)  # Tune requeues every unfinished trial as PENDING
-    again.on_trial_add(tune, restored)
-    assert restored.status == Trial.PAUSED
-    other = _asha(tmp_path, reduction_factor=3.0)  # other rungs: not this search's records
-    assert other.scores == {1: {}, 3: {}} and other.paused == {}
+    waiting = _Trial("a")
+    waiting.set_status(Trial.PENDING)  # Tune requeues every unfinished trial as PENDING
+    again.on_trial_add(tune, waiting)
+    assert waiting.status == Trial.PAUSED
+    # the restored records go on deciding: c, below b at rung 1, waits (top 1 of 3)
+    assert _report(again, tune, _Trial("c"), 1, 0.5) == WAIT and again.ranked(1) == ["b", "c", "a"]
 
 
-def test_resume_unpickles_the_starting_scheduler_and_it_reads_the_records_since(tmp_path):
-    import pickle
-
-    asha, tune = _asha(tmp_path), _Controller()
-    pickled = pickle.dumps(asha)  # Tune pickles the Tuner, scheduler included, when the search starts
-    _report(asha, tune, tune.start("a"), 1, 0.4)
-    assert pickle.loads(pickled).paused == {"a": 1}
+def test_records_of_other_rungs_are_refused_with_the_reason():
+    records = _asha().records()
+    with pytest.raises(ValueError, match=r"rungs \[1, 2, 4\] and reduction factor 2.0, but this search has "
+                                         r"rungs \[1, 4\] and 4; start a new search without --resume"):
+        _asha(reduction_factor=4.0).restore_records(records)
 
 
 def test_a_waiting_trial_frees_its_slot_in_either_searcher():
