@@ -11,6 +11,8 @@ from cluster import choose_ds_accelerator
 _STATE = "attune_state.json"
 _BEST = "best_model.pt"
 _TAG = "ckpt"
+LOCK_CHECK_S = 10.0  # the longest a process holds torch's op build lock without building
+LOCK_BUILD_S = 900.0  # the longest a build may hold it, where we cannot see the build
 
 
 def ds_config(*, micro_batch_size: int, zero_stage: int, use_bf16: bool,
@@ -73,8 +75,13 @@ def build_cpu_ops() -> bool:
     if choose_ds_accelerator() != "cpu":
         return False
     import_deepspeed()
+    from deepspeed.accelerator import get_accelerator
     from deepspeed.comm.torch import build_shm_op
+    from torch.utils.cpp_extension import _get_build_directory
 
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        wait_for_build_lock(Path(_get_build_directory(builder.name, verbose=False)))
     try:
         return build_shm_op() is not None
     except Exception as exc:  # CalledProcessError (no compiler), RuntimeError (build error), ...
@@ -83,6 +90,50 @@ def build_cpu_ops() -> bool:
             "CPU training with DeepSpeed compiles it once with a C++ compiler: install g++ "
             "(Debian: apt-get install g++), or point CXX at one, then run again."
         ) from exc
+
+
+def wait_for_build_lock(build_dir: Path, poll_s: float = 0.5) -> None:
+    """Wait while another process holds torch's build lock for an op, but not for a dead one.
+
+    Every process that loads a JIT op takes the lock file ``<build_dir>/lock`` for as long as it
+    checks the op (milliseconds once built) or builds it (ninja and the compiler run with
+    ``build_dir`` as their working directory). A process killed while it holds the lock (a worker
+    of a stopped tune trial, a killed worker) leaves the file, and torch then waits for it forever.
+    So a lock older than ``LOCK_CHECK_S`` with no process working in ``build_dir`` is removed;
+    where ``/proc`` cannot tell, one older than ``LOCK_BUILD_S``.
+    """
+    import logging
+    import time
+
+    lock = build_dir / "lock"
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        building = _working_in(build_dir)
+        if (age > LOCK_CHECK_S and building is False) or age > LOCK_BUILD_S:
+            logging.getLogger("attune.train").warning(
+                "removing %s, %.0f s old with no build running: a process was killed while it held it", lock, age)
+            lock.unlink(missing_ok=True)
+            return
+        time.sleep(poll_s)
+
+
+def _working_in(directory: Path) -> Optional[bool]:
+    """Whether any process has ``directory`` as its working directory; None without ``/proc``."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cwd").exists():
+        return None
+    target = directory.resolve()
+    for entry in proc.iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == target:
+                    return True
+            except OSError:  # gone, or another user's
+                continue
+    return False
 
 
 def import_deepspeed():
@@ -141,6 +192,11 @@ def load_checkpoint(engine, directory: Path) -> tuple[dict, Optional[dict]]:
     best_path = directory / _BEST
     best = torch.load(best_path, map_location="cpu") if best_path.exists() else None
     return state, best
+
+
+def read_loop_state(directory: Path) -> dict:
+    """The loop state a checkpoint holds (``epoch``, ``best_val_macro_f1``, ...), without loading it."""
+    return json.loads((Path(directory) / _STATE).read_text())
 
 
 def use_gpu_here() -> bool:

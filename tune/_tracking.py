@@ -46,7 +46,7 @@ class TrialOutcome:
     record: Optional[dict] = None  # what the trial wrote when it finished (tune._trial)
 
     def score(self, metric: str) -> Optional[float]:
-        value = self.final.get(metric) if self.status == "completed" else None
+        value = self.final.get(metric)  # only a trial that exported a model has final metrics
         return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
     @property
@@ -169,6 +169,7 @@ class SearchTracker:
         tags = {TAG_TRIAL: outcome.trial_id, "attune.trial.status": outcome.status,
                 "attune.trial.finished_at": record.get("finished_at", ""),
                 "attune.trial.started_from": record.get("started_from") or "",
+                "attune.trial.exported_after_time_budget": str(bool(record.get("exported_after_time_budget"))).lower(),
                 "attune.trial.error": (outcome.error or "")[:1000]}
         return self.record(f"{self.job.experiment_name}-{outcome.trial_id}", config, metrics, outcome.history, tags)
 

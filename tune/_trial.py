@@ -70,8 +70,11 @@ def run_trial(params: dict, *, job: dict, dataset, settings: dict, experiment_di
 
 def _checkpoint_epochs(job) -> Optional[set[int]]:
     """The epochs whose checkpoint Tune needs (None: every epoch). PBT may copy or restart a trial
-    after any epoch; ASHA pauses trials only at its rungs and resumes them from there."""
-    return None if job.scheduler == "pbt" else set(job.rungs) if job.scheduler == "asha" else set()
+    after any epoch; ASHA pauses trials only at its rungs and resumes them from there. With a time
+    budget every epoch's: the best trial so far is exported from its last one (``tune._budget``)."""
+    if job.scheduler == "pbt" or job.time_budget_s is not None:
+        return None
+    return set(job.rungs) if job.scheduler == "asha" else set()
 
 
 def _forward(config, settings, dataset, *, run_name: str, storage: Path, start,

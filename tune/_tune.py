@@ -20,6 +20,7 @@ from typing import Optional
 from cluster import Settings, get_settings, init_ray
 from train._data import TenantData, load_tenant_data
 from train._model import resolve_base
+from tune._budget import budget_reached, finish_best_so_far
 from tune._errors import TuneError
 from tune._job import TuneJob
 from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials
@@ -55,7 +56,9 @@ def tune_tenant(job: TuneJob, *, settings: Optional[Settings] = None, resume: bo
     started = time.monotonic()
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts; --resume continues
     grid = build_tuner(job, settings, dataset, max_concurrent=max_concurrent, restore=resume).fit()
-    return _conclude(job, settings, dataset, tracker, grid, exp_dir, time.monotonic() - started)
+    fit_seconds = time.monotonic() - started
+    return _conclude(job, settings, dataset, tracker, grid, exp_dir, fit_seconds,
+                     budget_reached(job.time_budget_s, fit_seconds))
 
 
 def _check_inputs(job: TuneJob, dataset: TenantData) -> None:
@@ -113,13 +116,17 @@ def _fresh_search(registry, job: TuneJob, dataset: TenantData, exp_dir: Path, st
 
 
 def _conclude(job: TuneJob, settings: Settings, dataset: TenantData, tracker, grid, exp_dir: Path,
-              seconds: float) -> dict:
+              seconds: float, budget_cut: bool) -> dict:
     """Pick the best trial, register its model (the same gate as finetune), log every trial, clean up."""
     from tune._tracking import collect_outcomes, pick_best
 
     outcomes = collect_outcomes(grid, read_records(exp_dir))
-    best = pick_best(outcomes, job.metric)
     state = _read_state(exp_dir) or {}
+    exported = None
+    if budget_cut and not state.get("handoff"):
+        checkpoints = {r.metrics["trial_id"]: r.checkpoint.path for r in grid if r.checkpoint and r.metrics}
+        exported = finish_best_so_far(job, settings, dataset, outcomes, checkpoints, exp_dir)
+    best = pick_best(outcomes, job.metric)
     if best is None:
         tracker.log_trials(outcomes)
         tracker.finish(outcomes, None, {})
@@ -141,6 +148,7 @@ def _conclude(job: TuneJob, settings: Settings, dataset: TenantData, tracker, gr
         "head_warmup_steps": sum(o.head_warmup_steps(job.head_warmup_steps) for o in outcomes),
         "parent_run_id": tracker.parent_run_id,
         "search_seconds": round(seconds, 2), "scheduler": job.scheduler, "search": job.search,
+        "time_budget_reached": budget_cut, "exported_after_time_budget": exported.trial_id if exported else None,
         "trial_results": [o.row(job.metric) for o in outcomes],
     }
     tracker.finish(outcomes, best, summary)

@@ -180,6 +180,39 @@ def _check_tracking(home: Path, summary: dict, before: dict) -> None:
         assert after == record
 
 
+def test_a_time_budget_ends_the_search_and_the_best_trial_so_far_wins(tmp_path, tiny_base, demo_dir):
+    """The default search (ASHA + TPE, 8 trials, 2 at a time) with 20-epoch trials and a 45 s budget:
+    no trial can finish (each must climb rungs 1, 2, 4, 8 and 16, and a resume from a rung costs a Ray
+    Train start), so when the budget ends it, the trial with the best validation macro-F1 so far is
+    exported from its last checkpoint, registered and gated."""
+    home = tmp_path / "home"
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE.replace("epochs: 3", "epochs: 20"))
+    proc = _attune(home, "tune", "--tenant", "john", "--data", str(demo_dir / "john.jsonl"), "--base", str(tiny_base),
+                   "--space", str(space), "--trials", "8", "--seed", SEED, "--workers", "1", "--max-seq-len", "32",
+                   "--patience", "20", "--time-budget-s", "45", "--promotion-floor", "0", "--json")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-4000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["time_budget_reached"] is True and summary["completed"] == 0
+    assert summary["exported_after_time_budget"] == summary["best_trial_id"]
+    assert (summary["model_version"], summary["alias"]) == ("1", "champion")
+    assert "the time budget cut the search" in err
+
+    registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
+    children = registry.runs("tenant.john", parent_run_id=summary["parent_run_id"])
+    best_so_far = {c["tags"]["attune.trial_id"]: max((f1 for _, f1 in registry.metric_history(c["run_id"], "val_macro_f1")),
+                                                     default=-1.0) for c in children}
+    assert summary["best_metric"] == pytest.approx(max(best_so_far.values()))  # the best so far won
+    assert best_so_far[summary["best_trial_id"]] == pytest.approx(max(best_so_far.values()))
+    [exported] = [c for c in children if c["tags"]["attune.trial_id"] == summary["best_trial_id"]]
+    assert exported["tags"]["attune.trial.exported_after_time_budget"] == "true"
+    assert "test_macro_f1" in exported["metrics"]
+    assert registry.get_version("john", "1").run_id == exported["run_id"]
+    epochs = [step for step, _ in registry.metric_history(exported["run_id"], "val_macro_f1")]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 20  # its epochs so far, none after the cut
+
+
 @pytest.mark.skipif(not os.environ.get(PBT_OPT_IN), reason=f"about 1.5-2.5 minutes on 2 CPUs (each PBT exploit "
                     f"restarts a trial's Ray Train run); set {PBT_OPT_IN}=1 to run it")
 def test_pbt_search_runs_end_to_end(tmp_path, tiny_base, demo_dir):
