@@ -188,7 +188,7 @@ def load_checkpoint(engine, directory: Path) -> tuple[dict, Optional[dict]]:
     import torch
 
     engine.load_checkpoint(str(directory), tag=_TAG)
-    state = json.loads((directory / _STATE).read_text())
+    state = read_loop_state(directory)
     best_path = directory / _BEST
     best = torch.load(best_path, map_location="cpu") if best_path.exists() else None
     return state, best

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from tune._tracking import TrialOutcome
-from tune._trial import FINAL, TRAIN_RUNS_DIR
+from tune._trial import TRAIN_RUNS_DIR, _tune_metrics
 
 logger = logging.getLogger("attune.tune")
 
@@ -67,8 +67,8 @@ def finish_best_so_far(job, settings, dataset, outcomes: list[TrialOutcome], che
     result = run_training(config, settings, dataset, run_name=f"{chosen.trial_id}-budget-export",
                           storage_path=Path(experiment_dir) / TRAIN_RUNS_DIR, initial_checkpoint=checkpoint)
     metrics = {k: v for k, v in (result.metrics or {}).items() if k != "done"}
-    chosen.final = {**metrics, "val_macro_f1": metrics["best_val_macro_f1"], "epoch": metrics["epochs_run"],
-                    "train_steps": chosen.train_steps, FINAL: 1, "export_checkpoint": result.checkpoint.path}
+    # the same final row a finished trial hands Tune (scored as its best epoch, with its export)
+    chosen.final = _tune_metrics({"metrics": metrics, "final": True, "checkpoint": result.checkpoint.path})
     chosen.record = {**(chosen.record or {}), "started_from": checkpoint, "exported_after_time_budget": True,
                      "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     return chosen
