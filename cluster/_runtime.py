@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from cluster._settings import Settings
+from cluster._worker_setup import SETUP_HOOK
 
 logger = logging.getLogger("attune.cluster")
 
@@ -42,6 +43,16 @@ def _job_env(local: bool) -> dict[str, str]:
     """env_vars for our Ray jobs' workers: ``_WORKER_ENV`` plus Ray Train's, the user's values first."""
     train = {**_TRAIN_ENV, **(_LOCAL_TRAIN_ENV if local else {})}
     return {**_WORKER_ENV, **{k: os.environ.get(k, v) for k, v in train.items()}}
+
+
+def _runtime_env(settings: Settings) -> dict:
+    """Our job's runtime env. On one machine (the embedded Ray, the local head) another Ray may run
+    next to ours, so every worker first points Ray's state API at its own cluster (``cluster._worker_setup``)."""
+    local = not settings.ray_address
+    env: dict = {"env_vars": _job_env(local=local)}
+    if local:
+        env["worker_process_setup_hook"] = SETUP_HOOK
+    return env
 
 
 def choose_ds_accelerator() -> str:
@@ -74,7 +85,7 @@ def init_ray(settings: Settings, *, quiet: bool = True) -> str:
     for key, value in _WORKER_ENV.items():
         os.environ.setdefault(key, value)
     head = None if settings.ray_address else local_head(settings)
-    runtime_env = {"env_vars": _job_env(local=not settings.ray_address)}
+    runtime_env = _runtime_env(settings)
     if head is not None:  # the local head `attune serve up --detach` started: one local cluster
         logger.info("connecting to the local Ray head at %s (started by attune)", head["address"])
         _use_auth_mode(head.get("auth_mode", "token"))
