@@ -1,6 +1,7 @@
 """Helpers for registry tests: a registry in a temp folder and model directories to register."""
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ def sqlite_registry(root: Path) -> Registry:
     root.mkdir(parents=True, exist_ok=True)
     if not _TEMPLATE:
         template = Path(tempfile.mkdtemp(prefix="attune-mlflow-template-")) / "mlflow.db"
+        atexit.register(shutil.rmtree, template.parent, True)  # one per test session, gone with it
         Registry(f"sqlite:///{template}").client.search_experiments()
         _TEMPLATE.append(template)
     shutil.copyfile(_TEMPLATE[0], root / "mlflow.db")

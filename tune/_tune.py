@@ -23,7 +23,8 @@ from train._model import resolve_base
 from tune._budget import budget_reached, finish_best_so_far
 from tune._errors import TuneError
 from tune._job import TuneJob
-from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials
+from tune._leftovers import live_groups, remove_new_groups
+from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials, uses_gpu
 from tune._trial import TRAIN_RUNS_DIR, read_records
 
 logger = logging.getLogger("attune.tune")
@@ -55,8 +56,10 @@ def tune_tenant(job: TuneJob, *, settings: Optional[Settings] = None, resume: bo
         tracker = _fresh_search(registry, job, dataset, exp_dir, state, max_concurrent)
     started = time.monotonic()
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts; --resume continues
+    before = live_groups()
     grid = build_tuner(job, settings, dataset, max_concurrent=max_concurrent, restore=resume).fit()
     fit_seconds = time.monotonic() - started
+    remove_new_groups(before)  # what trials cut while starting left reserved (tune._leftovers)
     return _conclude(job, settings, dataset, tracker, grid, exp_dir, fit_seconds,
                      budget_reached(job.time_budget_s, fit_seconds))
 
@@ -73,7 +76,7 @@ def _concurrency(job: TuneJob) -> int:
     import ray
 
     cluster = ray.cluster_resources()
-    use_gpu = job.use_gpu if job.use_gpu is not None else cluster.get("GPU", 0) >= job.num_workers
+    use_gpu = uses_gpu(job.use_gpu, job.num_workers, cluster)
     limit = max_concurrent_trials(cluster, job.num_workers, use_gpu, job.max_concurrent, job.trials)
     rungs = f" (rungs at epochs {job.rungs}, top 1/{job.reduction_factor:g} goes on)" if job.scheduler == "asha" else ""
     logger.info("search for %s: %d trial(s), %s%s + %s, up to %d at a time (%d worker(s) each, %g CPUs in the "
