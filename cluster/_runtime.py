@@ -225,6 +225,11 @@ def start_local_head(settings: Settings, timeout_s: float = 90.0) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **_WORKER_ENV}
     env.pop("RAY_ADDRESS", None)
+    # On SIGTERM Ray first drains the node so Serve can move replicas to other nodes, for up to 30 s.
+    # This head is the only node and `serve down` removed the app first: nothing can move, and a
+    # detached actor Ray Train leaves (its autoscaling coordinator) keeps the node from ever going
+    # idle, so every stop waited the full 30 s. A value the user exported wins.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     env.setdefault("RAY_AUTH_MODE", "token")  # the GCS listens beyond loopback: require Ray's token
     if env["RAY_AUTH_MODE"] == "token":  # make sure ~/.ray/auth_token exists (never printed)
         subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, check=True,

@@ -51,7 +51,10 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         # `python` in a job's entrypoint must be this environment's, as on a cluster built from the image
         self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                    "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+                    "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                    # a node stopped by stop() would first drain for up to 30 s (until SIGKILLed after
+                    # timeout_s): the test is over, nothing needs to move
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         self.env.pop("RAY_ADDRESS", None)
 
     @property

@@ -23,6 +23,7 @@ logger = logging.getLogger("attune.tune")
 
 LIVE = ("PENDING", "PREPARED", "CREATED", "RESCHEDULING")
 RESOURCE_WAIT_S = 120.0
+CONTROLLER_EXIT_S = 15.0
 
 
 def live_groups() -> Optional[set[str]]:
@@ -43,12 +44,17 @@ def live_groups() -> Optional[set[str]]:
 
 
 def remove_new_groups(before: Optional[set[str]]) -> list[str]:
-    """Remove this job's live placement groups that are not in ``before``; returns their ids."""
+    """Remove this job's live placement groups that are not in ``before``; returns their ids.
+    The Train controllers of the trials Tune has just killed die with them, within moments:
+    wait for that first (at most ``CONTROLLER_EXIT_S``), so none makes a group after the check."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+    if before is None:
+        return []
+    _wait_for_controllers_to_exit()
     after = live_groups()
-    if before is None or after is None:
+    if after is None:
         return []
     left = sorted(after - before)
     for group_id in left:
@@ -60,6 +66,24 @@ def remove_new_groups(before: Optional[set[str]]) -> list[str]:
         logger.warning("removed %d placement group(s) that stopped trials left behind: %s", len(left),
                        ", ".join(left))
     return left
+
+
+def _wait_for_controllers_to_exit() -> None:
+    import ray
+    from ray.util.state import list_actors
+
+    context = ray.get_runtime_context()
+    deadline = time.monotonic() + CONTROLLER_EXIT_S
+    while time.monotonic() < deadline:
+        try:
+            alive = list_actors(address=context.gcs_address, raise_on_missing_output=False,
+                                filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE"),
+                                         ("job_id", "=", context.get_job_id())])
+        except Exception:  # noqa: BLE001 - live_groups says so next
+            return
+        if not alive:
+            return
+        time.sleep(0.2)
 
 
 def wait_for_resources(needs: dict[str, float], what: str, timeout_s: float = RESOURCE_WAIT_S) -> None:

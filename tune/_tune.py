@@ -128,12 +128,14 @@ def _conclude(job: TuneJob, settings: Settings, dataset: TenantData, tracker, gr
     exported = None
     if budget_cut and not state.get("handoff"):
         checkpoints = {r.metrics["trial_id"]: r.checkpoint.path for r in grid if r.checkpoint and r.metrics}
-        exported = finish_best_so_far(job, settings, dataset, outcomes, checkpoints, exp_dir)
+        try:
+            exported = finish_best_so_far(job, settings, dataset, outcomes, checkpoints, exp_dir)
+        except TuneError:
+            _close_failed(tracker, outcomes, exp_dir, state)
+            raise
     best = pick_best(outcomes, job.metric)
     if best is None:
-        tracker.log_trials(outcomes)
-        tracker.finish(outcomes, None, {})
-        _write_state(exp_dir, {**state, "status": "failed"})
+        _close_failed(tracker, outcomes, exp_dir, state)
         failures = "; ".join(f"{o.trial_id}: {o.error}" for o in outcomes if o.error)[:2000]
         raise TuneError(f"no trial of the search for {job.tenant!r} finished training ({len(outcomes)} trial(s): "
                         f"{_counts(outcomes)}){'; errors: ' + failures if failures else ''}. Allow more time "
@@ -158,6 +160,13 @@ def _conclude(job: TuneJob, settings: Settings, dataset: TenantData, tracker, gr
     _write_state(exp_dir, {**state, "handoff": handoff, "status": "finished"})
     shutil.rmtree(exp_dir / TRAIN_RUNS_DIR, ignore_errors=True)  # every trial's checkpoints and exports
     return summary
+
+
+def _close_failed(tracker, outcomes, exp_dir: Path, state: dict) -> None:
+    """The search ends without a model: its trials are logged, its parent run closed, its state failed."""
+    tracker.log_trials(outcomes)
+    tracker.finish(outcomes, None, {})
+    _write_state(exp_dir, {**state, "status": "failed"})
 
 
 def _handoff(job: TuneJob, settings: Settings, dataset: TenantData, tracker, best, exp_dir: Path) -> dict:

@@ -52,3 +52,38 @@ def test_with_a_budget_every_trial_checkpoints_every_epoch_in_tune():
     fifo = TuneJob(tenant="john", data="john.jsonl", space=space, scheduler="fifo")
     assert _checkpoint_epochs(fifo) == set()
     assert _checkpoint_epochs(fifo.model_copy(update={"time_budget_s": 60.0})) is None
+
+
+class _Tracker:
+    def __init__(self):
+        self.logged, self.finished = None, None
+
+    def log_trials(self, outcomes, skip=None):
+        self.logged = [o.trial_id for o in outcomes]
+
+    def finish(self, outcomes, best, summary):
+        self.finished = (len(outcomes), best, summary)
+
+
+def test_an_export_that_cannot_get_its_cpus_ends_the_search_as_failed(tmp_path, monkeypatch):
+    import pytest
+
+    import tune._tracking
+    from tune import _tune
+    from tune._errors import TuneError
+
+    outcomes = [_cut("b", 0.60, 0.75), _finished("a", 0.70, 0.68)]
+    monkeypatch.setattr(tune._tracking, "collect_outcomes", lambda grid, records: outcomes)
+
+    def no_cpus(*args, **kwargs):
+        raise TuneError("the export of trial b needs 1 CPU but only 0 of 2 CPU became free within 120 s")
+
+    monkeypatch.setattr(_tune, "finish_best_so_far", no_cpus)
+    _tune._write_state(tmp_path, {"status": "running", "parent_run_id": "p1"})
+    tracker = _Tracker()
+    job = TuneJob(tenant="john", data="john.jsonl", space=default_space("full", max_epochs=8), time_budget_s=60.0)
+    with pytest.raises(TuneError, match="became free within 120 s"):
+        _tune._conclude(job, None, None, tracker, [], tmp_path, 61.0, True)
+    # no half-open search: trials logged, the parent run closed without a model, --resume refuses it
+    assert tracker.logged == ["b", "a"] and tracker.finished == (2, None, {})
+    assert _tune._read_state(tmp_path) == {"status": "failed", "parent_run_id": "p1"}
