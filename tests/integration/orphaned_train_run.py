@@ -72,6 +72,8 @@ def main(home: str) -> dict:
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
     removed = _poll(lambda: not _live_groups(), REMOVE_TIMEOUT_S) is not None
+    # the raylet returns a removed group's CPUs a moment after the GCS marks it removed
+    _poll(lambda: ray.available_resources().get("CPU", 0.0) >= 2.0, REMOVE_TIMEOUT_S)
     return {"started": True, "removed": removed, "seconds": round(time.monotonic() - killed, 1),
             "left": _live_groups(), "available_cpus": ray.available_resources().get("CPU", 0.0)}
 
