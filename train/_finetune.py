@@ -93,6 +93,18 @@ def _fit(config: FinetuneConfig, settings: Settings, dataset: TenantData):
     return run_training(config, settings, dataset, run_name=run_name)
 
 
+def uses_gpu(use_gpu: Optional[bool], num_workers: int, cluster: Optional[dict] = None) -> bool:
+    """``use_gpu`` as configured, else GPUs when the cluster (``ray.cluster_resources()`` unless
+    given) has one per worker."""
+    if use_gpu is not None:
+        return use_gpu
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
+    return cluster.get("GPU", 0) >= num_workers
+
+
 def run_training(config: FinetuneConfig, settings: Settings, dataset: TenantData, *, run_name: str,
                  storage_path: Optional[Path] = None, callbacks: Sequence = (),
                  initial_checkpoint: Optional[str] = None):
@@ -103,13 +115,10 @@ def run_training(config: FinetuneConfig, settings: Settings, dataset: TenantData
     none of its own (a trial continuing another trial's weights under PBT). Reusing ``run_name``
     under the same ``storage_path`` resumes that run from its last checkpoint.
     """
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    use_gpu = config.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= config.num_workers
+    use_gpu = uses_gpu(config.use_gpu, config.num_workers)
     for name in ("train", "validation", "test"):
         if not getattr(dataset, name):
             raise TrainError(f"{config.data}: the {name} split is empty; add more rows (splits are 80/10/10)")

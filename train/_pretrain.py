@@ -20,7 +20,7 @@ from typing import Optional
 from cluster import Settings, get_settings, init_ray
 from train._corpus import CorpusFile, list_corpus_files
 from train._errors import BaseModelError, ConfigError, TrainError
-from train._finetune import _collect_export
+from train._finetune import _collect_export, uses_gpu
 from train._model import resolve_base
 from train._pretrain_config import PretrainConfig
 from train._pretrain_loop import pretrain_loop_per_worker
@@ -161,13 +161,10 @@ def _save_run_meta(run_dir: Path, config: PretrainConfig, scan: dict) -> None:
 
 
 def _fit(config: PretrainConfig, settings: Settings, run_dir: Path, files, eval_files, scan: dict):
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    use_gpu = config.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) >= config.num_workers
+    use_gpu = uses_gpu(config.use_gpu, config.num_workers)
     trainer = TorchTrainer(
         pretrain_loop_per_worker,
         train_loop_config={"pretrain": config.model_dump(mode="json"), "files": files, "eval_files": eval_files,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from tune._leftovers import wait_for_resources
-from tune._search import trial_resources, uses_gpu
+from tune._search import trial_resources
 from tune._tracking import TrialOutcome
 from tune._trial import TRAIN_RUNS_DIR, _tune_metrics
 
@@ -53,10 +53,8 @@ def finish_best_so_far(job, settings, dataset, outcomes: list[TrialOutcome], che
                        experiment_dir: Path) -> Optional[TrialOutcome]:
     """Export the best unfinished trial from its last checkpoint (see the module doc); it is updated
     in place with its final metrics and export, and returned. None when no trial needs it."""
-    import ray
-
     from train._deepspeed import read_loop_state
-    from train._finetune import run_training
+    from train._finetune import run_training, uses_gpu
 
     chosen = contender(outcomes, checkpoints)
     if chosen is None:
@@ -68,7 +66,7 @@ def finish_best_so_far(job, settings, dataset, outcomes: list[TrialOutcome], che
                 best_val_so_far(chosen), state["best_epoch"], job.finetune_config(chosen.params).epochs,
                 state["epoch"])
     config = job.finetune_config({**chosen.params, "epochs": state["epoch"]})  # no epoch left to train
-    gpu = uses_gpu(config.use_gpu, config.num_workers, ray.cluster_resources())
+    gpu = uses_gpu(config.use_gpu, config.num_workers)
     wait_for_resources(trial_resources(config.num_workers, gpu), f"the export of trial {chosen.trial_id}")
     result = run_training(config, settings, dataset, run_name=f"{chosen.trial_id}-budget-export",
                           storage_path=Path(experiment_dir) / TRAIN_RUNS_DIR, initial_checkpoint=checkpoint)

@@ -44,11 +44,6 @@ def trial_resources(num_workers: int, use_gpu: bool) -> dict[str, float]:
     return needs
 
 
-def uses_gpu(use_gpu: Optional[bool], num_workers: int, cluster: dict[str, float]) -> bool:
-    """``--use-gpu`` as given, else GPUs when the cluster has one per worker (as Ray Train decides)."""
-    return use_gpu if use_gpu is not None else cluster.get("GPU", 0) >= num_workers
-
-
 def max_concurrent_trials(cluster: dict[str, float], num_workers: int, use_gpu: bool,
                           requested: Optional[int], trials: int) -> int:
     """How many trials may run at once without oversubscribing the cluster (never more than asked)."""

@@ -19,12 +19,13 @@ from typing import Optional
 
 from cluster import Settings, get_settings, init_ray
 from train._data import TenantData, load_tenant_data
+from train._finetune import uses_gpu
 from train._model import resolve_base
 from tune._budget import budget_reached, finish_best_so_far
 from tune._errors import TuneError
 from tune._job import TuneJob
 from tune._leftovers import live_groups, remove_new_groups
-from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials, uses_gpu
+from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials
 from tune._trial import TRAIN_RUNS_DIR, read_records
 
 logger = logging.getLogger("attune.tune")
