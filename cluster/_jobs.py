@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, TextIO
 
+from cluster._errors import AttuneError, UsageError
 from cluster._runtime import _WORKER_ENV, CODE_EXCLUDES, code_dir
 from cluster._settings import Settings
 
@@ -39,8 +40,12 @@ LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 _ATTUNE_PREFIX = "ATTUNE_"
 
 
-class JobsError(ConnectionError):
-    """A cluster that cannot be reached or a job request it refused (the CLI exits 2 with the message)."""
+class JobsError(AttuneError):
+    """A cluster that cannot be reached, or a job request it refused (exit status 1)."""
+
+
+class JobsUsageError(JobsError, UsageError):
+    """An address, ``--env`` value, job name or job id that cannot work (exit status 2)."""
 
 
 def pick_address(flag: Optional[str], settings: Settings) -> tuple[str, str]:
@@ -49,7 +54,7 @@ def pick_address(flag: Optional[str], settings: Settings) -> tuple[str, str]:
                           (settings.ray_address, "RAY_ADDRESS")):
         if value:
             return value.strip(), source
-    raise JobsError("no Ray cluster to talk to: pass --address http://HEAD:8265, or set ATTUNE_RAY_DASHBOARD "
+    raise JobsUsageError("no Ray cluster to talk to: pass --address http://HEAD:8265, or set ATTUNE_RAY_DASHBOARD "
                     "(the dashboard URL) or RAY_ADDRESS (HEAD:6379)")
 
 
@@ -58,13 +63,13 @@ def candidate_url(address: str, source: str = "--address") -> tuple[str, bool]:
     parsed = urllib.parse.urlsplit(address if "://" in address else f"//{address}")
     scheme, host, port = parsed.scheme, parsed.hostname, _port(parsed, address, source)
     if not host:
-        raise JobsError(f"{source}={address!r} has no host; use http://HEAD:8265, ray://HEAD:10001 or HEAD:6379")
+        raise JobsUsageError(f"{source}={address!r} has no host; use http://HEAD:8265, ray://HEAD:10001 or HEAD:6379")
     if scheme in ("http", "https"):
         return address.rstrip("/"), False
     if scheme == "ray":  # Ray Client's port is not the dashboard's: use the dashboard's default port
         return f"http://{_netloc(host, DASHBOARD_PORT)}", False
     if scheme:
-        raise JobsError(f"{source}={address!r}: unsupported scheme {scheme!r}; "
+        raise JobsUsageError(f"{source}={address!r}: unsupported scheme {scheme!r}; "
                         "use http(s)://HEAD:8265, ray://HEAD or HEAD:PORT")
     return f"http://{_netloc(host, port or DASHBOARD_PORT)}", port not in (None, DASHBOARD_PORT)
 
@@ -96,7 +101,7 @@ def _port(parsed, address: str, source: str) -> Optional[int]:
     try:
         return parsed.port
     except ValueError:
-        raise JobsError(f"{source}={address!r} has an invalid port") from None
+        raise JobsUsageError(f"{source}={address!r} has an invalid port") from None
 
 
 def _netloc(host: str, port: int) -> str:
@@ -184,7 +189,7 @@ def job_env_vars(settings: Settings, url: str, extra: list[str], *, home_flag: b
     for item in extra:
         name, sep, value = item.partition("=")
         if not name or (not sep and name not in environ):
-            raise JobsError(f"--env {item!r}: give NAME=VALUE, or the NAME of a variable set in this shell")
+            raise JobsUsageError(f"--env {item!r}: give NAME=VALUE, or the NAME of a variable set in this shell")
         env[name] = value if sep else environ[name]
     return env
 
@@ -209,7 +214,8 @@ def submit(jobs, argv: list[str], env_vars: dict, name: Optional[str]) -> str:
                                submission_id=name, metadata={"submitted_by": "attune", "command": argv[0]})
     except RuntimeError as exc:
         if name and "already exists" in str(exc):
-            raise JobsError(f"a job named {name!r} already exists on this cluster; choose another --name") from None
+            raise JobsUsageError(f"a job named {name!r} already exists on this cluster; "
+                                 "choose another --name") from None
         raise JobsError(f"the cluster refused the job: {_last_error_line(str(exc))}") from None
 
 
@@ -272,7 +278,7 @@ def describe(jobs, job_id: str) -> dict:
     try:
         info = jobs.get_job_info(job_id)
     except RuntimeError as exc:
-        raise JobsError(f"no job {job_id!r} on this cluster ({exc}); list them with `attune jobs list`") from None
+        raise JobsUsageError(f"no job {job_id!r} on this cluster ({exc}); list them with `attune jobs list`") from None
     return _as_dict(info)
 
 

@@ -13,10 +13,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from cluster._errors import AttuneError
 from cluster._settings import Settings
 from cluster._worker_setup import SETUP_HOOK
 
 logger = logging.getLogger("attune.cluster")
+
+
+class RayUnavailableError(AttuneError, ConnectionError):
+    """The Ray cluster cannot be reached, or the local head did not start (exit status 1)."""
 
 # Environment every Ray worker of ours needs. DS_ACCELERATOR is chosen per worker
 # (see ``choose_ds_accelerator``) because the driver may have no GPU while workers do.
@@ -69,7 +74,20 @@ def choose_ds_accelerator() -> str:
     return chosen
 
 
-def init_ray(settings: Settings, *, quiet: bool = True) -> str:
+def _driver_logging(settings: Settings) -> dict:
+    """attune's commands print attune's progress; Ray's own lines (its workers', Train's, Serve's) stay in
+    Ray's log files (:func:`ray_log_dir`) unless ``--log-level DEBUG`` asks for them here."""
+    debug = settings.log_level == "DEBUG"
+    for name in ("ray", "ray.serve", "ray.train", "ray.tune"):  # Serve's has a handler of its own
+        logging.getLogger(name).setLevel(logging.INFO if debug else logging.WARNING)
+    # Ray warns at every start that its token authentication is on (attune's local heads ask for it)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.INFO if debug else logging.ERROR)
+    return {"log_to_driver": debug, "logging_level": logging.INFO if debug else logging.WARNING,
+            "configure_logging": True}
+
+
+def init_ray(settings: Settings) -> str:
     """Start or connect to Ray once per process; returns a short description of it.
 
     With ``settings.ray_address`` (``RAY_ADDRESS``) we connect to that cluster and
@@ -89,17 +107,15 @@ def init_ray(settings: Settings, *, quiet: bool = True) -> str:
     if head is not None:  # the local head `attune serve up --detach` started: one local cluster
         logger.info("connecting to the local Ray head at %s (started by attune)", head["address"])
         _use_auth_mode(head.get("auth_mode", "token"))
-        ray.init(address=head["address"], runtime_env=runtime_env, log_to_driver=True,
-                 logging_level=logging.WARNING)
+        ray.init(address=head["address"], runtime_env=runtime_env, **_driver_logging(settings))
         return f"local Ray head at {head['address']}"
     if settings.ray_address:
         runtime_env = cluster_runtime_env(runtime_env)
         logger.info("connecting to Ray cluster at %s", settings.ray_address)
         try:
-            ray.init(address=settings.ray_address, runtime_env=runtime_env,
-                     log_to_driver=True, logging_level=logging.WARNING)
+            ray.init(address=settings.ray_address, runtime_env=runtime_env, **_driver_logging(settings))
         except ConnectionError as exc:
-            raise ConnectionError(
+            raise RayUnavailableError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address!r}: {exc}. "
                 "Check the address, or unset RAY_ADDRESS to use the embedded local Ray."
             ) from exc
@@ -109,13 +125,22 @@ def init_ray(settings: Settings, *, quiet: bool = True) -> str:
         include_dashboard=True,  # Ray's state API (used by Ray Train) needs it
         dashboard_host="127.0.0.1",
         runtime_env=runtime_env,
-        log_to_driver=True,
-        logging_level=logging.WARNING if quiet else logging.INFO,
-        configure_logging=True,
+        **_driver_logging(settings),
     )
     cpus = int(ray.cluster_resources().get("CPU", 0))
     logger.info("started embedded local Ray with %d CPUs", cpus)
     return f"embedded local Ray ({cpus} CPUs)"
+
+
+def ray_log_dir() -> str:
+    """Where this Ray session's logs are (every worker's output): a folder on this machine for the
+    embedded Ray or the local head, else Ray's default folder on each node of the cluster."""
+    try:
+        from ray._private import worker
+
+        return worker.global_worker.node.get_logs_dir_path()
+    except Exception:  # noqa: BLE001 - not connected, or a client connection without a local node
+        return "/tmp/ray/session_latest/logs on the cluster's nodes"
 
 
 def shutdown_ray() -> None:
@@ -242,7 +267,7 @@ def start_local_head(settings: Settings, timeout_s: float = 90.0) -> dict:
     while not _port_open("127.0.0.1", ports[0]):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise ConnectionError(f"the local Ray head did not start; see {path.with_suffix('.log')}")
+            raise RayUnavailableError(f"the local Ray head did not start; see {path.with_suffix('.log')}")
         time.sleep(0.5)
     path.write_text(json.dumps(head, indent=2) + "\n")
     logger.info("started a local Ray head at %s (pid %d), recorded in %s", head["address"], proc.pid, path)

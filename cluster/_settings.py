@@ -11,6 +11,8 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cluster._errors import UsageError, flag_errors
+
 # env var -> field name. Keep the names in one table so the README can list them.
 ENV_VARS: dict[str, str] = {
     "ATTUNE_HOME": "home",
@@ -36,7 +38,7 @@ ENV_VARS: dict[str, str] = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError):
     """A setting has a value attune cannot use."""
 
 
@@ -118,10 +120,4 @@ def get_settings(environ: Optional[dict[str, str]] = None, **overrides) -> Setti
     try:
         return Settings(**values)
     except ValidationError as exc:
-        field_to_var = {f: v for v, f in ENV_VARS.items()}
-        problems = []
-        for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            source = field_to_var.get(field, field)
-            problems.append(f"{source}={values.get(field)!r}: {err['msg']}")
-        raise SettingsError("invalid attune settings: " + "; ".join(problems)) from None
+        raise SettingsError(flag_errors(exc, "attune settings", {f: v for v, f in ENV_VARS.items()})) from None

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 
 def is_s3_uri(path: str) -> bool:
     return str(path).startswith("s3://")
 
 
-def split_s3_uri(uri: str) -> Tuple[str, str]:
+def split_s3_uri(uri: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``; rejects URIs without a key."""
     rest = uri[len("s3://"):]
     bucket, _, key = rest.partition("/")

@@ -1,64 +1,105 @@
 """The ``attune`` command line. Run ``attune --help``.
 
-Each package contributes its subcommands through a small ``register(subparsers)``
-function, loaded by name so ``cluster`` never imports the ML packages eagerly.
+Each top-level command is an entry point of the group ``attune.commands`` in ``pyproject.toml``:
+its name is the command, its value a ``register(subparsers)`` function in the package that owns
+it. The list of commands lives there, in one place, and ``cluster`` imports no other package.
+
+Exit status: 0 on success, 2 for a usage or input error, 1 for a runtime failure (see
+``cluster._errors``), 130 on Ctrl-C. Any other exception is a bug and prints its traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import logging
 import sys
+from importlib import metadata
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from cluster._settings import SettingsError, get_settings
+from cluster._errors import AttuneError, UsageError
+from cluster._settings import get_settings
+from cluster._version import attune_version, git_commit
 
-# Modules that add subcommands: each exposes ``register(subparsers) -> None``.
-COMMAND_MODULES = [
-    "train._cli",
-    "train._pretrain_cli",
-    "tune._cli",
-    "registry._cli",
-    "serve._cli",
-    "cluster._demo",
-    "cluster._jobs_cli",
-]
+ENTRY_POINT_GROUP = "attune.commands"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 logger = logging.getLogger("attune")
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
+class CommandError(UsageError):
+    """A command was used wrongly, or its input cannot work: printed without a traceback, exit status 2."""
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the default is unset (None) or a flag's off."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("%(default)" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """attune's parser: every command's help shows defaults, and a command's one-line ``help`` is also
+    its description. Sub-parsers are of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _Commands)
+
+
+class _Commands(argparse._SubParsersAction):
+    def add_parser(self, name, **kwargs):
+        if kwargs.get("help"):
+            kwargs.setdefault("description", kwargs["help"])
+        return super().add_parser(name, **kwargs)
+
+
+def command_entry_points() -> list[metadata.EntryPoint]:
+    """The ``attune.commands`` entry points, in the order ``pyproject.toml`` lists them.
+
+    A source checkout reads them from its own ``pyproject.toml`` (a job submitted from a checkout
+    runs that checkout's code over an image's install, whose metadata may be older); an installed
+    attune reads its package metadata.
+    """
+    table = _pyproject_commands()
+    if table is not None:
+        return [metadata.EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in table.items()]
+    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _pyproject_commands() -> Optional[dict[str, str]]:
+    if not PYPROJECT.is_file():
+        return None
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed metadata is all there is
+        return None
+    project = tomllib.loads(PYPROJECT.read_text()).get("project", {})
+    if project.get("name") != "attune":
+        return None
+    return project.get("entry-points", {}).get(ENTRY_POINT_GROUP)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="attune",
-        description="Fine-tune, register and serve one classifier per tenant on Ray.",
-    )
+    parser = Parser(prog="attune", description="Fine-tune, register and serve one classifier per tenant on Ray.")
+    parser.add_argument("--version", action="version", version=version_text())
     parser.add_argument("--home", help="state directory (env ATTUNE_HOME, default ./.attune)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env ATTUNE_LOG_LEVEL)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (env ATTUNE_LOG_LEVEL, default INFO); "
+                                            "DEBUG also shows Ray's own log lines")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for entry in command_entry_points():
+        entry.load()(subparsers)
     return parser
 
 
-def emit_json(payload: dict) -> None:
-    """Print ``payload`` as the last line of stdout (after flushing everything else)."""
-    sys.stderr.flush()
-    sys.stdout.flush()
-    print(json.dumps(payload, default=str), flush=True)
-
-
-def emit(args: argparse.Namespace, payload: dict, text: str) -> int:
-    """``--json``: ``payload`` as the last stdout line; otherwise the human-readable ``text``."""
-    if args.json:
-        emit_json(payload)
-    else:
-        print(text)
-    return 0
+def version_text() -> str:
+    commit = git_commit()
+    return f"attune {attune_version()}" + (f" (git {commit[:12]})" if commit else "")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -66,9 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = get_settings(home=args.home, log_level=args.log_level)
-    except SettingsError as exc:
-        print(f"attune: error: {exc}", file=sys.stderr)
-        return 2
+    except AttuneError as exc:
+        return _report(exc)
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler: Callable[[argparse.Namespace], int] = args.handler
@@ -77,17 +117,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("attune: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # user-facing errors carry their own advice
-        if _is_user_error(exc):
-            print(f"attune: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except AttuneError as exc:  # attune's own errors carry their advice; anything else is a bug
+        return _report(exc)
 
 
-def _is_user_error(exc: Exception) -> bool:
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    return bool(names & {"CommandError", "TrainError", "SettingsError", "ValidationError",
-                         "RegistryError", "ServeError", "ConnectionError"})
+def _report(exc: AttuneError) -> int:
+    print(f"attune: error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

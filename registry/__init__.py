@@ -2,9 +2,15 @@
 
 Only this package imports ``mlflow`` (lazily). Everyone else goes through :class:`Registry`.
 """
-from registry._errors import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
-                              TenantNotFoundError, VersionNotFoundError)
-from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id
+from registry._errors import (
+                              ArtifactIntegrityError,
+                              InvalidTenantError,
+                              NoChampionError,
+                              RegistryError,
+                              TenantNotFoundError,
+                              VersionNotFoundError,
+)
+from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id, tenant_model_name
 from registry._records import Lineage, RunRecord, VersionInfo
 from registry._registry import Registry
 
@@ -14,6 +20,8 @@ __all__ = [
     "Lineage",
     "VersionInfo",
     "RegistryError",
+    "RegistryUnavailableError",
+    "NothingToRollBackError",
     "InvalidTenantError",
     "TenantNotFoundError",
     "NoChampionError",
@@ -23,4 +31,5 @@ __all__ = [
     "CHALLENGER",
     "TENANT_ID_PATTERN",
     "check_tenant_id",
+    "tenant_model_name",
 ]

@@ -19,10 +19,24 @@ from pathlib import Path
 from typing import Optional
 
 from registry import _store as store
-from registry._errors import (ArtifactIntegrityError, NoChampionError, RegistryError, TenantNotFoundError,
-                              VersionNotFoundError)
-from registry._names import (CHALLENGER, CHAMPION, TAG_CHAMPION_HISTORY, TAG_CHECKSUM, TAG_PROMOTED,
-                             TAG_PROMOTED_AT, TAG_REASON, tenant_model_name, tenant_of)
+from registry._errors import (
+    ArtifactIntegrityError,
+    NoChampionError,
+    NothingToRollBackError,
+    TenantNotFoundError,
+    VersionNotFoundError,
+)
+from registry._names import (
+    CHALLENGER,
+    CHAMPION,
+    TAG_CHAMPION_HISTORY,
+    TAG_CHECKSUM,
+    TAG_PROMOTED,
+    TAG_PROMOTED_AT,
+    TAG_REASON,
+    tenant_model_name,
+    tenant_of,
+)
 from registry._records import RunRecord, VersionInfo, version_info
 
 logger = logging.getLogger("attune.registry")
@@ -46,7 +60,7 @@ class Registry:
         return store.retry(lambda: store.locked(self._lock, fn), what)
 
     @classmethod
-    def from_settings(cls, settings) -> "Registry":
+    def from_settings(cls, settings) -> Registry:
         return cls(settings.tracking_uri, settings.artifact_root, settings.mlflow_backend_store_uri)
 
     # -- experiments and runs ------------------------------------------------------------------
@@ -328,7 +342,7 @@ class Registry:
         while history and history[-1] == current.version:
             history.pop()
         if not history:
-            raise RegistryError(f"tenant {tenant!r} has no previous champion to roll back to "
+            raise NothingToRollBackError(f"tenant {tenant!r} has no previous champion to roll back to "
                                 f"(champion is version {current.version}); use `attune registry promote`")
         target = history[-1]
         self._write(lambda: self.client.set_registered_model_alias(name, CHAMPION, target), "alias")
@@ -348,6 +362,19 @@ class Registry:
         name = tenant_model_name(tenant)
         self._write(lambda: self.client.set_registered_model_tag(name, TAG_CHAMPION_HISTORY,
                                                                  json.dumps(history[-200:])), "tag")
+
+    # -- the promotion gate ------------------------------------------------------------------------
+
+    def gate(self, tenant: str, version: str, candidate_dir: Path, score, *, margin: float, floor: float,
+             evidence: str, promote: bool = True, metric: str = "macro_f1", metric_label: str = "macro-F1") -> dict:
+        """Decide whether ``version`` becomes the champion, by the caller's ``score`` (see ``registry._gate``);
+        ``promote=False`` records that the gate did not run."""
+        from registry._gate import gate, skip_gate
+
+        if not promote:
+            return skip_gate(self, tenant, version)
+        return gate(self, tenant, version, candidate_dir, score, margin=margin, floor=floor, evidence=evidence,
+                    metric=metric, metric_label=metric_label)
 
     # -- erasure -----------------------------------------------------------------------------------
 

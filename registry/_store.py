@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from registry._errors import RegistryError
+from registry._errors import RegistryError, RegistryUnavailableError
 
 logger = logging.getLogger("attune.registry")
 T = TypeVar("T")
@@ -29,10 +29,50 @@ _RETRYABLE = ("database is locked", "unique constraint", "duplicate key", "integ
 
 
 def make_client(tracking_uri: str):
+    """An ``MlflowClient`` on ``tracking_uri`` whose calls raise :class:`RegistryUnavailableError` when
+    the store cannot be reached (after MLflow's own retries), instead of a driver's traceback."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if logging.getLogger("attune").getEffectiveLevel() > logging.DEBUG:  # MLflow's and alembic's set-up lines
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = _guarded(lambda: MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
+    return GuardedClient(client, tracking_uri)
+
+
+# Words of driver and HTTP errors that mean the store is not there (as opposed to a bad request).
+_UNAVAILABLE = ("connection refused", "could not connect", "failed to establish a new connection",
+                "max retries exceeded", "name or service not known", "could not translate host name",
+                "server closed the connection", "timed out", "unable to open database file")
+
+
+class GuardedClient:
+    """An ``MlflowClient`` whose failures to reach the store become :class:`RegistryUnavailableError`."""
+
+    def __init__(self, client, tracking_uri: str):
+        self._client, self._uri = client, tracking_uri
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: _guarded(lambda: attr(*args, **kwargs), self._uri)
+
+
+def _guarded(fn: Callable[[], T], tracking_uri: str) -> T:
+    try:
+        return fn()
+    except RegistryError:
+        raise
+    except Exception as exc:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(word in text for word in _UNAVAILABLE):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RegistryUnavailableError(
+                f"the model registry at {redact(tracking_uri)} cannot be reached: {first[:300]}. Check that it "
+                "is running, and ATTUNE_MLFLOW_TRACKING_URI") from exc
+        raise
 
 
 _LOCKS: dict[str, threading.RLock] = {}
@@ -158,15 +198,3 @@ def redact(uri: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else uri
     return uri
-
-
-def git_commit(root: Optional[Path] = None) -> Optional[str]:
-    root = root or Path(__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return None
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

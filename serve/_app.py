@@ -58,7 +58,7 @@ def build_app(spec: AppSpec):
 
 
 def app_builder(args: dict):
-    """Ray Serve application builder: the import path ``serve._app:app_builder`` for ``serve run``,
+    """Ray Serve application builder: the import path ``serve:app_builder`` for ``serve run``,
     a Serve config file or a KubeRay ``RayService``.
 
     ``args`` are the keys of a serve config file (``serve/configs/example.yaml``) plus an optional

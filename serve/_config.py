@@ -26,7 +26,7 @@ class Autoscaling(BaseModel):
     target_ongoing_requests: float = Field(default=2.0, gt=0)
 
     @model_validator(mode="after")
-    def _bounds(self) -> "Autoscaling":
+    def _bounds(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas ({self.min_replicas}) must not exceed max_replicas "
                              f"({self.max_replicas})")
@@ -55,7 +55,7 @@ class ModelConfig(BaseModel):
     max_seq_len: Optional[int] = Field(default=None, ge=8, description="overrides the manifest's max_seq_len")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelConfig":
+    def _consistent(self) -> ModelConfig:
         problems = []
         if self.max_ongoing_requests < self.max_batch_size:
             problems.append(f"model.max_ongoing_requests ({self.max_ongoing_requests}) must be at least "
@@ -141,7 +141,7 @@ class AppSpec(BaseModel):
 
     @classmethod
     def from_settings(cls, settings, config: Optional[ServeConfig] = None, *,
-                      insecure_no_auth: bool = False) -> "AppSpec":
+                      insecure_no_auth: bool = False) -> AppSpec:
         from serve._keys import keys_url
 
         return cls(config=config or ServeConfig(), tracking_uri=settings.tracking_uri,

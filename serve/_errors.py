@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import Optional
 
+from cluster import AttuneError, UsageError
 
-class ServeError(Exception):
-    """A request could not be served; ``http_status`` and ``code`` go into the JSON error body."""
+
+class ServeError(AttuneError):
+    """A request could not be served; ``http_status`` and ``code`` go into the JSON error body.
+    From the CLI, a serving failure (exit status 1)."""
 
     http_status = 500
     code = "internal"
-
-    def __reduce__(self):
-        return (type(self), self.args)
 
     @property
     def message(self) -> str:
@@ -71,10 +71,16 @@ class NotReadyError(ServeError):
     code = "not_ready"
 
 
-class ServeConfigError(ServeError, ValueError):
+class ServeConfigError(ServeError, UsageError, ValueError):
     """A serve config file or setting is invalid (a user error of `attune serve up`)."""
 
     code = "invalid_config"
+
+
+class DeployError(ServeError):
+    """``attune serve up`` could not bring the application up (exit status 1)."""
+
+    code = "deploy_failed"
 
 
 _BY_STATUS = {401: UnauthorizedError, 403: ForbiddenError, 404: UnknownTenantError, 409: NoChampionError,

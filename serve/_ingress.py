@@ -23,8 +23,7 @@ from serve._champions import ChampionCache
 from serve._config import AppSpec
 from serve._errors import InvalidRequestError, NotReadyError, ServeError, as_serve_error
 from serve._metrics import IngressMetrics
-from serve._validation import (ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body,
-                               read_limited)
+from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body, read_limited
 
 logger = logging.getLogger("attune.serve")
 VERSION_HEADER = "x-attune-model-version"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from cluster import UsageError
 from serve._errors import ServeError
 
 TABLE = "attune_api_keys"
@@ -37,7 +38,13 @@ class Principal:
 
 
 class KeyStoreError(ServeError):
+    """The key store cannot be reached or read (exit status 1)."""
+
     code = "key_store"
+
+
+class KeyUsageError(KeyStoreError, UsageError):
+    """A key request that cannot work: no such key id, or a key for both a tenant and everyone."""
 
 
 def keys_url(settings) -> str:
@@ -105,7 +112,7 @@ class KeyStore:
     def create(self, tenant: Optional[str], admin: bool = False) -> dict:
         """A new key; the plaintext is returned here and never stored."""
         if admin == (tenant is not None):
-            raise KeyStoreError("a key is either for one tenant (--tenant T) or an admin key (--admin)")
+            raise KeyUsageError("a key is either for one tenant (--tenant T) or an admin key (--admin)")
         key_id, secret = secrets.token_hex(KEY_ID_HEX // 2), secrets.token_urlsafe(32)
         with self.engine.begin() as conn:
             conn.execute(self.table.insert().values(key_id=key_id, tenant=tenant, admin=admin,
@@ -116,7 +123,7 @@ class KeyStore:
         with self.engine.begin() as conn:
             row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
             if row is None:
-                raise KeyStoreError(f"no key with id {key_id!r}; see `attune keys list`")
+                raise KeyUsageError(f"no key with id {key_id!r}; see `attune keys list`")
             revoked_at = row["revoked_at"] or _now()
             conn.execute(self.table.update().where(self.table.c.key_id == key_id).values(revoked_at=revoked_at))
         return {"key_id": key_id, "tenant": row["tenant"], "admin": bool(row["admin"]), "revoked_at": revoked_at}

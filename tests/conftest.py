@@ -1,12 +1,16 @@
 """Fixtures shared by every test tier."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import pytest
 
-from train._data import write_jsonl  # noqa: F401  (re-exported for tests)
+from train import write_jsonl  # noqa: F401  (re-exported for tests)
+
+# The real services' fixtures (PostgreSQL, SeaweedFS S3, mlflow server): started only by the tests that ask.
+pytest_plugins = ["tests.services.fixtures"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -15,6 +19,25 @@ TWEETS_DIR = SHARED_DATA / "twitter-financial-news-sentiment"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+NO_CUDA_REASON = "needs CUDA; no GPU on this machine"
+
+
+@functools.cache
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device; asked once per session, and only if a test needs it."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked ``gpu`` when there is no CUDA device (torch is imported only if one is collected)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if gpu_items and not cuda_available():
+        skip = pytest.mark.skip(reason=NO_CUDA_REASON)
+        for item in gpu_items:
+            item.add_marker(skip)
 
 
 def make_tiny_base(directory: Path) -> Path:
@@ -26,7 +49,7 @@ def make_tiny_base(directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from train._model import resolve_base
+    from train import resolve_base
 
     minilm = resolve_base("minilm")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm))
@@ -46,7 +69,7 @@ def tiny_base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """john.jsonl and jane.jsonl as `attune data demo` writes them (newsdesk not needed)."""
-    from train._demo import demo_rows
+    from train._demo_data import demo_rows
 
     directory = tmp_path_factory.mktemp("demo-data")
     john, jane = demo_rows()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from registry import Lineage, Registry, RunRecord
 
-
 _TEMPLATE: list[Path] = []
 
 

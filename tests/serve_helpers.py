@@ -10,6 +10,7 @@ from typing import Iterator, Optional
 
 from registry import Registry
 from tests.registry_helpers import record
+from tests.waiting import wait_for
 
 LABELS = ["negative", "positive"]
 TEMPERATURE = 1.7  # the temperature tests.registry_helpers.record() stores with every version
@@ -26,8 +27,9 @@ def constant_export(tiny_base: Path, directory: Path, answer: str, method: str =
     import torch
     from safetensors.torch import load_file, save_file
 
-    from train._export import build_manifest, export_model
-    from train._model import build_classifier, load_tokenizer
+    from train._base import load_tokenizer
+    from train.finetune.export import build_manifest, export_model
+    from train.finetune.model import build_classifier
 
     bias = torch.tensor([LOGIT if label == answer else -LOGIT for label in LABELS])
     model = build_classifier(tiny_base, LABELS, method=method)
@@ -89,7 +91,6 @@ def running_app(spec, ready_timeout_s: float = 120.0) -> Iterator:
     from ray import serve as ray_serve
 
     from serve._app import APP_NAME, build_app
-    from tests.integration.conftest import wait_for
 
     port = free_port()
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -1,38 +1,49 @@
-"""Training: tenant data, model builders, the Ray Train + DeepSpeed fine-tuning and masked-LM pretraining recipes."""
-from train._config import FinetuneConfig, check_tenant_id
-from train._errors import ConfigError, DataValidationError, TrainError
-from train._export import Predictor, read_manifest
+"""Training: tenant data, model builders, and the Ray Train + DeepSpeed recipes for fine-tuning
+(``train.finetune``) and masked-LM pretraining (``train.pretrain``).
 
-__all__ = [
-    "FinetuneConfig",
-    "check_tenant_id",
-    "TrainError",
-    "DataValidationError",
-    "ConfigError",
-    "Predictor",
-    "read_manifest",
-    "finetune",
-    "load_tenant_data",
-    "PretrainConfig",
-    "pretrain",
-]
+Other packages use only the names below. The driver API that ``tune`` builds on:
 
+    dataset = load_tenant_data(path)
+    result = run_training(config, settings, dataset, run_name=...)   # one Ray Train run of the loop
+    copy_export(Path(result.checkpoint.path) / "model", out_dir)      # rank 0's export, atomically
+    register_and_gate(registry, tenant, out_dir, run_record(...), dataset, promote=True, ...)
 
-def __getattr__(name: str):  # heavy imports (Ray, torch) only when asked for
-    if name == "finetune":
-        from train._finetune import finetune
+Heavy modules (Ray, torch) are imported only when a name that needs them is first used.
+"""
+from __future__ import annotations
 
-        return finetune
-    if name == "pretrain":
-        from train._pretrain import pretrain
+from cluster import lazy_exports
 
-        return pretrain
-    if name == "PretrainConfig":
-        from train._pretrain_config import PretrainConfig
+_EXPORTS = {
+    # errors
+    "TrainError": "train._errors",
+    "ConfigError": "train._errors",
+    "DataValidationError": "train._errors",
+    "BaseModelError": "train._errors",
+    # tenant data and bases
+    "TenantData": "train._data",
+    "load_tenant_data": "train._data",
+    "write_jsonl": "train._data",
+    "resolve_base": "train._base",
+    # fine-tuning: the command's entry point and the driver API a search builds on
+    "FinetuneConfig": "train.finetune.config",
+    "finetune": "train.finetune.driver",
+    "run_training": "train.finetune.driver",
+    "uses_gpu": "train._run",
+    "copy_export": "train._run",
+    "read_loop_state": "train._deepspeed",
+    "build_cpu_ops": "train._deepspeed",
+    "run_record": "train.finetune.register",
+    "register_and_gate": "train.finetune.register",
+    "read_manifest": "train.finetune.export",
+    "Predictor": "train.finetune.predict",
+    # pretraining
+    "PretrainConfig": "train.pretrain.config",
+    "pretrain": "train.pretrain.driver",
+    # the demo tenants' data
+    "demo_rows": "train._demo_data",
+    "write_demo_data": "train._demo_data",
+}
 
-        return PretrainConfig
-    if name == "load_tenant_data":
-        from train._data import load_tenant_data
-
-        return load_tenant_data
-    raise AttributeError(name)
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

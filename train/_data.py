@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional, Sequence
 
-from cluster._storage import is_s3_uri, read_bytes
+from cluster import is_s3_uri, read_bytes
 from train._errors import ConfigError, DataValidationError
 
 SPLITS = ("train", "validation", "test")

@@ -1,14 +1,18 @@
-"""The train package's error tree. Every error pickles, so it survives Ray actor boundaries."""
+"""The train package's error tree, under attune's ``AttuneError``. Every error pickles, so it survives
+Ray actor boundaries. A ``TrainError`` is a training that failed (exit status 1); the ones that
+also subclass ``UsageError`` are the user's input (exit status 2)."""
 from __future__ import annotations
 
 from typing import Sequence
 
-
-class TrainError(Exception):
-    """Base class of every error raised by ``train``."""
+from cluster import AttuneError, UsageError
 
 
-class DataValidationError(TrainError):
+class TrainError(AttuneError):
+    """Base class of every error raised by ``train``: a training that could not run or finish."""
+
+
+class DataValidationError(TrainError, UsageError):
     """A tenant data file has problems. ``problems`` holds every one found, in file order."""
 
     MAX_SHOWN = 20
@@ -31,9 +35,9 @@ class DataValidationError(TrainError):
         return (type(self), (self.source, self.problems))
 
 
-class ConfigError(TrainError):
+class ConfigError(TrainError, UsageError):
     """A training option is invalid or inconsistent with the others."""
 
 
-class BaseModelError(TrainError):
+class BaseModelError(TrainError, UsageError):
     """The ``--base`` reference cannot be resolved to a model directory."""

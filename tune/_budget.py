@@ -53,8 +53,7 @@ def finish_best_so_far(job, settings, dataset, outcomes: list[TrialOutcome], che
                        experiment_dir: Path) -> Optional[TrialOutcome]:
     """Export the best unfinished trial from its last checkpoint (see the module doc); it is updated
     in place with its final metrics and export, and returned. None when no trial needs it."""
-    from train._deepspeed import read_loop_state
-    from train._finetune import run_training, uses_gpu
+    from train import read_loop_state, run_training, uses_gpu
 
     chosen = contender(outcomes, checkpoints)
     if chosen is None:

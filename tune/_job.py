@@ -7,7 +7,7 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from registry import check_tenant_id
-from train._config import FinetuneConfig
+from train import FinetuneConfig
 from tune._space import INTEGER_KEYS, SearchSpace
 
 # FinetuneConfig fields a job fixes for every trial; the space may override the tunable ones.
@@ -55,7 +55,7 @@ class TuneJob(BaseModel):
         return check_tenant_id(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TuneJob":
+    def _consistent(self) -> TuneJob:
         if self.scheduler == "pbt" and self.search != "random":
             raise ValueError("--scheduler pbt explores by itself and cannot take a searcher; "
                              "use --search random (the default with pbt)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +11,9 @@ from ray import tune as ray_tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from cluster import ProgressView
 from tune._asha import PromotionASHA, RungRecords
-from tune._errors import TuneError
+from tune._errors import TuneUsageError
 from tune._job import TuneJob
 
 logger = logging.getLogger("attune.tune")
@@ -52,7 +52,7 @@ def max_concurrent_trials(cluster: dict[str, float], num_workers: int, use_gpu: 
     if fits < 1:
         have = ", ".join(f"{name} {cluster.get(name, 0):g}" for name in needs)
         want = ", ".join(f"{name} {amount:g}" for name, amount in needs.items())
-        raise TuneError(f"one trial needs {want} (--workers {num_workers}) but the cluster has {have}; "
+        raise TuneUsageError(f"one trial needs {want} (--workers {num_workers}) but the cluster has {have}; "
                         "lower --workers or add nodes")
     return max(1, min(fits, requested or fits, trials))
 
@@ -172,7 +172,7 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
-            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric), *kept]),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric, job.tenant), *kept]),
     )
 
 
@@ -185,12 +185,13 @@ def can_restore(path: Path) -> bool:
 
 
 class SearchProgress(ray_tune.Callback):
-    """One line per trial result and per finished trial, and a status line at least every interval."""
+    """The search as the user sees it (on the driver): one line per trial result and per ended trial,
+    and the count of ended trials, as a bar on a terminal or a status line at least every interval."""
 
-    def __init__(self, total: int, interval_s: float = 10.0, metric: str = TUNE_METRIC):
-        self.total, self.interval_s, self.metric = total, interval_s, metric
+    def __init__(self, total: int, interval_s: float = 10.0, metric: str = TUNE_METRIC, tenant: str = ""):
+        self.total, self.metric = total, metric
+        self.view = ProgressView(f"search {tenant}".strip(), "trials ended", logger, interval_s)
         self.best: Optional[tuple[float, str]] = None
-        self.last_line = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         score = result.get(self.metric)
@@ -199,31 +200,44 @@ class SearchProgress(ray_tune.Callback):
         if self.best is None or score > self.best[0]:
             self.best = (score, trial.trial_id)
         what = "final (best epoch)" if result.get("final") else f"epoch {result.get(TIME_ATTR)}"
-        self._say("trial %s %s: val_macro_f1 %.4f, ranked by %s %.4f  (search best %.4f, trial %s)",
-                  trial.trial_id, what, result.get("val_macro_f1", score), self.metric, score, *self.best)
+        best, best_trial = self.best
+        self.view.line(f"trial {trial.trial_id} {what}: val_macro_f1 {result.get('val_macro_f1', score):.4f}, "
+                       f"ranked by {self.metric} {score:.4f}  (search best {best:.4f}, trial {best_trial})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._say("trial %s ended (%s); %s", trial.trial_id, _config_text(trial.config), self._status(trials))
+        self.view.line(f"trial {trial.trial_id} ended ({_config_text(trial.config)}); {self._status(trials)}")
+        self._show(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._say("trial %s FAILED (%s); the search goes on; %s", trial.trial_id, _config_text(trial.config),
-                  self._status(trials))
+        self.view.line(f"trial {trial.trial_id} FAILED ({_config_text(trial.config)}); the search goes on; "
+                       f"{self._status(trials)}", logging.WARNING)
+        self._show(trials)
 
     def on_step_end(self, iteration, trials, **info):
-        if time.monotonic() - self.last_line >= self.interval_s:
-            self._say("search: %s", self._status(trials))
+        self._show(trials)
+
+    def on_experiment_end(self, trials, **info):
+        self.view.close()
+
+    def _show(self, trials) -> None:
+        counts = self._counts(trials)
+        ended = counts.pop("TERMINATED", 0) + counts.pop("ERROR", 0)
+        rest = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        best = f"best {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        self.view.step(ended, self.total, text="  ".join(t for t in (rest, best) if t), postfix=best)
 
     def _status(self, trials) -> str:
-        counts: dict[str, int] = {}
-        for trial in trials:
-            counts[trial.status] = counts.get(trial.status, 0) + 1
+        counts = self._counts(trials)
         done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
         parts = [f"{done}/{self.total} trials ended"] + [f"{n} {s.lower()}" for s, n in sorted(counts.items())]
         return ", ".join(parts)
 
-    def _say(self, message: str, *args) -> None:
-        self.last_line = time.monotonic()
-        logger.info(message, *args)
+    @staticmethod
+    def _counts(trials) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for trial in trials:
+            counts[trial.status] = counts.get(trial.status, 0) + 1
+        return counts
 
 
 def _config_text(config: dict) -> str:

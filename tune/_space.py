@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, field_validator, model_validator
 
-from train._config import FinetuneConfig
+from train import FinetuneConfig
 from tune._errors import SpaceError
 
 Number = Union[int, float]
@@ -57,7 +57,7 @@ class Dimension(BaseModel):
                          f"{{choice: [values]}}; got {data!r}")
 
     @model_validator(mode="after")
-    def _shape(self) -> "Dimension":
+    def _shape(self) -> Dimension:
         if self.kind in ("loguniform", "uniform", "randint"):
             if len(self.values) != 2 or not self.values[0] < self.values[1]:
                 raise ValueError(f"{self.kind} needs [low, high] with low < high, got {list(self.values)}")
@@ -202,7 +202,7 @@ def parse_space(data: Any, source: str) -> SearchSpace:
     try:
         space = SearchSpace.model_validate(data)
     except ValidationError as exc:
-        raise SpaceError(f"invalid search space in {source}: " + "; ".join(_problem(e) for e in exc.errors()))
+        raise SpaceError(f"invalid search space in {source}: " + "; ".join(_problem(e) for e in exc.errors())) from None
     if not space.searched():
         raise SpaceError(f"{source} fixes every value ({space.summary()}), so there is nothing to search; "
                          "give at least one key a distribution")

@@ -18,9 +18,8 @@ from typing import Literal, Optional
 
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from registry import Registry, RunRecord
-from train._data import TenantData
-from train._promote import run_record
+from registry import Registry, RunRecord, tenant_model_name
+from train import TenantData, run_record
 from tune._job import TuneJob
 from tune._trial import FINAL
 
@@ -103,7 +102,7 @@ def _epoch_rows(frame) -> list[dict]:
 def _export_history(final: dict, rows: list[dict]) -> list[dict]:
     """The exported model's per-epoch history (its manifest: every epoch, even across restarts and PBT
     exploits, which Tune's own result files do not keep), with Tune's step counts where it has them."""
-    from train._export import read_manifest
+    from train import read_manifest
 
     try:
         history = read_manifest(Path(final["export_checkpoint"]) / "model")["history"]
@@ -133,8 +132,6 @@ class SearchTracker:
     """The MLflow side of one search: parent run, child runs and the summary, all via the registry."""
 
     def __init__(self, registry: Registry, job: TuneJob, dataset: TenantData, parent_run_id: Optional[str] = None):
-        from registry._names import tenant_model_name
-
         self.registry, self.job, self.dataset = registry, job, dataset
         self.experiment = tenant_model_name(job.tenant)
         self.parent_run_id = parent_run_id

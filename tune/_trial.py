@@ -1,7 +1,7 @@
 """One Tune trial: the same Ray Train run as ``attune finetune``, its reports forwarded to Tune.
 
 The trial function is the Train *driver* (Ray Train V2's pattern for Train inside Tune): it
-builds the fine-tuning config from the sampled values and calls ``train._finetune.run_training``,
+builds the fine-tuning config from the sampled values and calls ``train.run_training``,
 the code path ``attune finetune`` uses. A Train callback sends rank 0's report of every epoch
 (``val_macro_f1``, ``epoch``, ``train_steps``) and the final one (test metrics, the exported
 model's checkpoint path) to Tune. Ray's ``TuneReportCallback`` forwards metrics only; PBT needs
@@ -86,7 +86,7 @@ def _forward(config, settings, dataset, *, run_name: str, storage: Path, start,
     """
     from ray.util.queue import Queue
 
-    from train._finetune import run_training
+    from train import run_training
 
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
     outcome: dict = {}

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from cluster import Settings, get_settings, init_ray
-from train._data import TenantData, load_tenant_data
-from train._finetune import uses_gpu
-from train._model import resolve_base
+from train import TenantData, copy_export, load_tenant_data, register_and_gate, resolve_base, uses_gpu
 from tune._budget import budget_reached, finish_best_so_far
-from tune._errors import TuneError
+from tune._errors import TuneError, TuneUsageError
 from tune._job import TuneJob
 from tune._leftovers import live_groups, remove_new_groups
 from tune._search import build_tuner, can_restore, experiment_path, max_concurrent_trials
@@ -70,7 +68,7 @@ def _check_inputs(job: TuneJob, dataset: TenantData) -> None:
     job.finetune_config({})  # the fixed options alone must make a valid fine-tuning config
     for name in ("train", "validation", "test"):
         if not getattr(dataset, name):
-            raise TuneError(f"{job.data}: the {name} split is empty; add more rows (splits are 80/10/10)")
+            raise TuneUsageError(f"{job.data}: the {name} split is empty; add more rows (splits are 80/10/10)")
 
 
 def _concurrency(job: TuneJob) -> int:
@@ -88,13 +86,13 @@ def _concurrency(job: TuneJob) -> int:
 
 def _resumable(job: TuneJob, state: Optional[dict], exp_dir: Path, dataset: TenantData) -> TuneJob:
     if state is None or not can_restore(exp_dir):
-        raise TuneError(f"there is no interrupted search for tenant {job.tenant!r} in {exp_dir} to resume; "
+        raise TuneUsageError(f"there is no interrupted search for tenant {job.tenant!r} in {exp_dir} to resume; "
                         f"start one without --resume")
     if state["status"] != "running":
-        raise TuneError(f"the search for tenant {job.tenant!r} in {exp_dir} already {state['status']}; "
+        raise TuneUsageError(f"the search for tenant {job.tenant!r} in {exp_dir} already {state['status']}; "
                         "start a new one without --resume")
     if state["data_hash"] != dataset.data_hash:
-        raise TuneError(f"{job.data} changed since the search started (data hash {dataset.data_hash[:12]}, "
+        raise TuneUsageError(f"{job.data} changed since the search started (data hash {dataset.data_hash[:12]}, "
                         f"was {state['data_hash'][:12]}); start a new search without --resume")
     recorded = TuneJob(**state["job"])
     if recorded.model_dump(exclude={"data"}) != job.model_dump(exclude={"data"}):
@@ -172,9 +170,6 @@ def _close_failed(tracker, outcomes, exp_dir: Path, state: dict) -> None:
 
 def _handoff(job: TuneJob, settings: Settings, dataset: TenantData, tracker, best, exp_dir: Path) -> dict:
     """Copy the best trial's export out of its Train run and register it as the tenant's next version."""
-    from train._finetune import copy_export
-    from train._promote import register_and_gate
-
     export = best.final.get("export_checkpoint")
     if not export or not (Path(export) / "model").is_dir():
         raise TuneError(f"the best trial {best.trial_id} has no exported model at {export!r}; "
@@ -208,8 +203,8 @@ def _not_running_elsewhere(job: TuneJob, state: Optional[dict], exp_dir: Path) -
     except OSError:
         alive = False
     if alive:
-        raise TuneError(f"a search for tenant {job.tenant!r} is already running in {exp_dir} (pid {pid}); wait for "
-                        f"it to finish, or stop it and continue it with --resume")
+        raise TuneUsageError(f"a search for tenant {job.tenant!r} is already running in {exp_dir} (pid {pid}); "
+                             "wait for it to finish, or stop it and continue it with --resume")
 
 
 def _counts(outcomes) -> str:

@@ -17,12 +17,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from train._batching import LengthBucketSampler
+from train._base import load_tokenizer, resolve_base
 from train._data import load_tenant_data
-from train._finetune import worker_payload
-from train._config import FinetuneConfig
-from train._loop import _encode, _lengths, _trim
-from train._model import build_classifier, load_tokenizer, resolve_base
+from train.finetune.batching import LengthBucketSampler
+from train.finetune.config import FinetuneConfig
+from train.finetune.driver import worker_payload
+from train.finetune.loop import _encode, _lengths, _trim
+from train.finetune.model import build_classifier
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def _one_line(text: str) -> str:
 def tenant_data(workdir: Path):
     """newsdesk.jsonl as the demo writes it, and its train/validation/test split (load_tenant_data)."""
     from train._data import load_tenant_data, write_jsonl
-    from train._demo import default_newsdesk_source, newsdesk_rows
+    from train._demo_data import default_newsdesk_source, newsdesk_rows
 
     source = default_newsdesk_source()
     if source is None:

@@ -35,7 +35,7 @@ def embed(base: str, texts: list[str], max_seq_len: int, batch_size: int = 128) 
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from train._model import load_tokenizer, resolve_base
+    from train._base import load_tokenizer, resolve_base
 
     hf_logging.set_verbosity_error()  # the unused pooler and MLM-head weights are expected here
     base_dir = resolve_base(base)
@@ -109,12 +109,14 @@ def probe(bases: list[str], data, train_rows: list[int], max_seq_len: int, l2: f
 def probe_lines(rows: list[dict], labels: list[str]) -> list[str]:
     """The table: probe macro-F1 per train-row count, its difference from the first row, and anisotropy."""
     counts = list(rows[0]["probe_test_macro_f1"])
-    head = f"{'frozen base (linear probe)':<34}" + "".join(f" {f'F1 @{n} rows':>15} {'vs baseline':>11}" for n in counts)
+    head = f"{'frozen base (linear probe)':<34}" + "".join(f" {f'F1 @{n} rows':>15} {'vs baseline':>11}"
+                                                         for n in counts)
     lines = [head + f" {'mean cosine':>11} {'embed s':>7}"]
     for label, row in zip(labels, rows):
         cells = ""
         for n in counts:
-            score, gap = row["probe_test_macro_f1"][n], (row["probe_test_macro_f1"][n] - rows[0]["probe_test_macro_f1"][n]) * 100
+            score = row["probe_test_macro_f1"][n]
+            gap = (score - rows[0]["probe_test_macro_f1"][n]) * 100
             cells += f" {score:>15.4f} {gap:>+10.2f}p"
         lines.append(f"{label:<34}{cells} {row['mean_cosine']:>11.3f} {row['embed_s']:>7.0f}")
     return lines
@@ -124,7 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", action="append", default=None,
                         help="minilm or an encoder directory (repeatable; the first is the baseline; default: minilm)")
-    parser.add_argument("--data", type=Path, default=None, help="a tenant file (default: newsdesk, built as the demo does)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a tenant file (default: newsdesk, built as the demo does)")
     parser.add_argument("--train-rows", type=int, action="append", default=None,
                         help="first N train rows the probe fits on, 0 = all (repeatable; default: 2000 and 0)")
     parser.add_argument("--max-seq-len", type=int, default=48)

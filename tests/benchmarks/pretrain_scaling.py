@@ -35,8 +35,8 @@ CONFIGS = [  # (label, workers, zero stage, offload)
 
 
 def run_one(label: str, workers: int, stage: int, offload: str, args, settings, index: int) -> dict:
-    from train._pretrain import pretrain
-    from train._pretrain_config import PretrainConfig
+    from train.pretrain.config import PretrainConfig
+    from train.pretrain.driver import pretrain
 
     config = PretrainConfig(name=f"bench-{index}", corpus=str(WIKI / "valid.txt"), eval_corpus=str(WIKI / "test.txt"),
                             preset=args.preset, tokenizer="minilm", num_workers=workers, zero_stage=stage,

@@ -38,7 +38,7 @@ TENANT = "bench"
 
 def headlines(count: int = 400) -> list[str]:
     """Real financial headlines (the newsdesk tweets) when the shared data is present, else the demo's."""
-    from train._demo import default_newsdesk_source, demo_rows, newsdesk_rows
+    from train._demo_data import default_newsdesk_source, demo_rows, newsdesk_rows
 
     source = default_newsdesk_source()
     rows = newsdesk_rows(source) if source else demo_rows()[0]
@@ -49,8 +49,9 @@ def minilm_export(directory: Path, labels: list[str]) -> Path:
     """A full MiniLM classifier in the export format (no training: the head keeps its seeded init)."""
     import torch
 
-    from train._export import build_manifest, export_model
-    from train._model import build_classifier, load_tokenizer, resolve_base
+    from train._base import load_tokenizer, resolve_base
+    from train.finetune.export import build_manifest, export_model
+    from train.finetune.model import build_classifier
 
     torch.manual_seed(0)
     base = resolve_base("minilm")
@@ -119,6 +120,7 @@ def start_baseline(model_dir: Path, threads: int, temperature: float) -> tuple[s
     import httpx
 
     from tests.serve_helpers import free_port
+    from tests.waiting import wait_for
 
     port = free_port()
     cmd = [sys.executable, "-m", "tests.benchmarks._bare_server", "--model-dir", str(model_dir), "--port", str(port),
@@ -126,19 +128,22 @@ def start_baseline(model_dir: Path, threads: int, temperature: float) -> tuple[s
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def healthz():
         try:
-            health = httpx.get(f"{url}/healthz", timeout=2).json()
-            if health["torch_threads"] != threads:
-                raise SystemExit(f"baseline runs {health['torch_threads']} torch threads, not {threads}")
-            return proc, url
+            return httpx.get(f"{url}/healthz", timeout=2).json()
         except httpx.HTTPError:
             if proc.poll() is not None:
-                raise SystemExit(f"the baseline server exited with {proc.returncode}")
-            time.sleep(0.5)
-    proc.kill()
-    raise SystemExit("the baseline server did not start within 120 s")
+                raise SystemExit(f"the baseline server exited with {proc.returncode}") from None
+            return None
+
+    health = wait_for(healthz, 120, "the baseline server", interval_s=0.5, raise_on_timeout=False)
+    if health is None:
+        proc.kill()
+        raise SystemExit("the baseline server did not start within 120 s")
+    if health["torch_threads"] != threads:
+        raise SystemExit(f"baseline runs {health['torch_threads']} torch threads, not {threads}")
+    return proc, url
 
 
 class Side:

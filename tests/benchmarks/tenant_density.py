@@ -63,8 +63,9 @@ def make_exports(root: Path, labels: list[str]) -> tuple[Path, Path]:
     """One full MiniLM export and one LoRA export (templates; tenants get their own weights)."""
     import torch
 
-    from train._export import build_manifest, export_model
-    from train._model import build_classifier, load_tokenizer, resolve_base
+    from train._base import load_tokenizer, resolve_base
+    from train.finetune.export import build_manifest, export_model
+    from train.finetune.model import build_classifier
 
     base = resolve_base("minilm")
     out = {}

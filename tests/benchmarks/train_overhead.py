@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _data_file(rows_dir: Path) -> Path:
     """The newsdesk tenant when the shared data is present, else the demo tenant john."""
     from train._data import write_jsonl
-    from train._demo import default_newsdesk_source, demo_rows, newsdesk_rows
+    from train._demo_data import default_newsdesk_source, demo_rows, newsdesk_rows
 
     source = default_newsdesk_source()
     rows = newsdesk_rows(source) if source else demo_rows()[0]

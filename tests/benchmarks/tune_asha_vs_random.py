@@ -16,7 +16,8 @@ over the train rows), so that its first epoch already ranks the learning rates: 
 Compute is the training steps every trial took (trials that ASHA stopped count the steps they
 ran; a trial that ASHA paused at a rung and resumed counts each step once, as its Train run
 restarts from the rung's checkpoint; the few steps a trial trains past a rung before its pause
-takes effect are thrown away and not counted) plus every trial's head-only warm-up steps, each counted as a whole step although it only
+takes effect are thrown away and not counted) plus every trial's head-only warm-up steps,
+each counted as a whole step although it only
 runs the frozen encoder forward. The last line compares the best validation macro-F1 (the
 metric both searches select by) and the compute: ASHA's target is within 1 point of random
 search at <= 0.5x the steps.
@@ -54,7 +55,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _newsdesk(directory: Path) -> Path:
     from train._data import write_jsonl
-    from train._demo import default_newsdesk_source, newsdesk_rows
+    from train._demo_data import default_newsdesk_source, newsdesk_rows
 
     source = default_newsdesk_source()
     if source is None:

@@ -19,9 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster._demo import SEED_SENTENCE
-from train._demo import default_newsdesk_source
+from cluster.demo import SEED_SENTENCE
 from tests.serve_helpers import free_port
+from train._demo_data import default_newsdesk_source
 
 pytestmark = pytest.mark.e2e
 ATTUNE = str(Path(sys.executable).with_name("attune"))

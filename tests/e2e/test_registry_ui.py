@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from registry import Registry
-from tests.integration.conftest import wait_for
-from tests.integration.s3_server import _free_ports
 from tests.registry_helpers import fake_model_dir, record
+from tests.services.s3 import _free_ports
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]

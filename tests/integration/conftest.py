@@ -1,9 +1,7 @@
 """One local Ray for every integration test, started on first use and stopped at the end."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -24,17 +22,6 @@ def ray_session(tmp_path_factory):
     init_ray(settings)
     yield settings
     shutdown_ray()
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.2):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def model_dir(summary: dict) -> Path:

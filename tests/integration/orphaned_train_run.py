@@ -17,6 +17,8 @@ import sys
 import threading
 import time
 
+from tests.waiting import wait_for
+
 REMOVE_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 120.0
 
@@ -25,16 +27,6 @@ def _hold_a_cpu(config):
     with open(config["marker"], "w") as marker:
         marker.write("started")
     time.sleep(config["sleep_s"])
-
-
-def _poll(predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
 
 
 def _live_groups() -> list[str]:
@@ -65,15 +57,19 @@ def main(home: str) -> dict:
                            scaling_config=ScalingConfig(num_workers=1),
                            run_config=RunConfig(name="orphaned", storage_path=os.path.join(home, "runs")))
     threading.Thread(target=lambda: _fit_quietly(trainer), daemon=True).start()
-    started = _poll(lambda: os.path.exists(marker), START_TIMEOUT_S)
+    # no raise on a timeout: the script reports what it saw as JSON
+    started = wait_for(lambda: os.path.exists(marker), START_TIMEOUT_S, "the training function",
+                       raise_on_timeout=False)
     pid = _controller_pid(gcs)
     if not started or not pid or not _live_groups():
         return {"started": False, "training": bool(started), "controller_pid": pid, "groups": _live_groups()}
     os.kill(pid, signal.SIGKILL)
     killed = time.monotonic()
-    removed = _poll(lambda: not _live_groups(), REMOVE_TIMEOUT_S) is not None
+    removed = wait_for(lambda: not _live_groups(), REMOVE_TIMEOUT_S, "the group's removal",
+                       raise_on_timeout=False) is not None
     # the raylet returns a removed group's CPUs a moment after the GCS marks it removed
-    _poll(lambda: ray.available_resources().get("CPU", 0.0) >= 2.0, REMOVE_TIMEOUT_S)
+    wait_for(lambda: ray.available_resources().get("CPU", 0.0) >= 2.0, REMOVE_TIMEOUT_S, "both CPUs",
+             raise_on_timeout=False)
     return {"started": True, "removed": removed, "seconds": round(time.monotonic() - killed, 1),
             "left": _live_groups(), "available_cpus": ray.available_resources().get("CPU", 0.0)}
 

@@ -5,9 +5,9 @@ import os
 import signal
 import threading
 
+from tests.waiting import wait_for
 from train import FinetuneConfig, Predictor
-from train._finetune import finetune
-from tests.integration.conftest import wait_for
+from train.finetune.driver import finetune
 
 
 def _registered_checkpoint(storage):

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from train import FinetuneConfig, Predictor
-from train._finetune import finetune
+from train.finetune.driver import finetune
 
 
 def _config(tiny_base, demo_dir, tmp_path, **overrides) -> FinetuneConfig:
@@ -21,7 +21,7 @@ def _config(tiny_base, demo_dir, tmp_path, **overrides) -> FinetuneConfig:
 
 
 def _check_export(summary: dict, method: str) -> dict:
-    manifest = json.loads((summary["model_dir"] and open(f"{summary['model_dir']}/attune.json").read()))
+    manifest = json.loads(summary["model_dir"] and open(f"{summary['model_dir']}/attune.json").read())
     assert manifest["tenant"] == "john" and manifest["method"] == method
     assert manifest["labels"] == ["negative", "neutral", "positive"]
     metrics = summary["metrics"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.waiting import wait_for
 from tune._errors import TuneError
 from tune._leftovers import live_groups, remove_new_groups, wait_for_resources
 

@@ -12,7 +12,7 @@ import dataclasses
 
 from train import FinetuneConfig, Predictor
 from train._data import load_tenant_data
-from train._finetune import finetune
+from train.finetune.driver import finetune
 
 TINY = dict(num_workers=2, zero_stage=2, epochs=12, lr=2e-3, batch_size=16, max_seq_len=32, patience=3,
             register_model=False)  # the models are under test here; the registry has its own tests

@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from serve._app import APP_NAME
-from tests.ray_cluster import LocalCluster, free_port, wait_until
+from tests.services.ray_cluster import LocalCluster, free_port
+from tests.waiting import wait_for
 
 ATTUNE = str(Path(sys.executable).with_name("attune"))
 RECOVERY_S = 30.0
@@ -100,7 +101,8 @@ def test_serving_survives_losing_a_worker_node(cluster, tiny_base, tmp_path):
     up = json_lines(attune(env, "serve", "up", "--detach", "--insecure-no-auth", "--port", str(port),
                            "--config", str(config), "--json").stdout)[-1]
     url = up["url"]
-    replicas = wait_until(lambda: _replicas_on_two_nodes(cluster), 90, "a TenantModel replica on each worker node")
+    replicas = wait_for(lambda: _replicas_on_two_nodes(cluster), 90, "a TenantModel replica on each worker node",
+                        interval_s=0.5)
     with httpx.Client(base_url=url, timeout=RECOVERY_S + 10) as client:
         assert _predict(client) == (200, "positive", version)
         holder = _replica_holding(env, replicas, f"john:{version}")

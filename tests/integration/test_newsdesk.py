@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import TWEETS_DIR, write_jsonl
 from train import FinetuneConfig
-from train._demo import newsdesk_rows
-from train._finetune import finetune
+from train._demo_data import newsdesk_rows
+from train.finetune.driver import finetune
 
 SUBSAMPLE = dict(max_train_rows=2000, epochs=1, max_seq_len=48)  # the demo's newsdesk settings
 

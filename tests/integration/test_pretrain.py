@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SHARED_DATA
-from tests.integration.conftest import wait_for
-from train._corpus import CorpusError, corpus_hash, list_corpus_files
-from train._pretrain import pretrain, resume_config
+from tests.waiting import wait_for
 from train._errors import TrainError
-from train._pretrain_config import PretrainConfig
+from train.pretrain.config import PretrainConfig
+from train.pretrain.corpus import CorpusError, corpus_hash, list_corpus_files
+from train.pretrain.driver import pretrain, resume_config
 
 WIKI = SHARED_DATA / "wikitext-2"
 pytestmark = pytest.mark.skipif(not (WIKI / "valid.txt").is_file(), reason="WikiText-2 not found in ../shared/data")
@@ -128,7 +128,7 @@ def test_run_is_tracked_in_mlflow_through_the_registry(scratch):
 
 def test_finetune_accepts_the_pretrained_export(scratch, demo_dir, tmp_path):
     from train import FinetuneConfig, Predictor
-    from train._finetune import finetune
+    from train.finetune.driver import finetune
 
     settings, _, summary = scratch
     config = FinetuneConfig(tenant="john", data=str(demo_dir / "john.jsonl"), base=summary["model_dir"],
@@ -214,8 +214,7 @@ def _cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CUDA")
+@pytest.mark.gpu  # skipped without CUDA by tests/conftest.py
 @pytest.mark.parametrize("preset, stage", [("base", 2), ("base", 3), ("large", 2), ("large", 3)])
 def test_gpu_base_and_large_train_in_bf16(ray_session, tmp_path, preset, stage):
     """On GPU nodes: base and large (activation checkpointing on) train with ZeRO-2/3 in bf16."""

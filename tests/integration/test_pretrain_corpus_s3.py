@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from tests.integration.s3_fixtures import s3_env, s3_server, unique_bucket  # noqa: F401
-from train._corpus import CorpusError, corpus_hash, iter_texts, list_corpus_files
+from tests.services.s3_fixtures import unique_bucket
+from train.pretrain.corpus import CorpusError, corpus_hash, iter_texts, list_corpus_files
 
 OBJECTS = {
     "corpus/a.txt": b"first line\n\nsecond line\n",

@@ -11,14 +11,11 @@ import sqlalchemy
 
 from cluster import get_settings
 from registry import ArtifactIntegrityError, Registry, TenantNotFoundError
-from tests.integration.service_fixtures import (  # noqa: F401
-    mlflow_production, postgres_s3_direct, postgres_service, s3_env, s3_server, s3_service,
-)
 from tests.registry_helpers import fake_model_dir, record, register_concurrently
 from train import FinetuneConfig
 from train._data import load_tenant_data
-from train._finetune import finetune
-from train._promote import register_and_gate, run_record
+from train.finetune.driver import finetune
+from train.finetune.register import register_and_gate, run_record
 
 
 def _rows(database_uri: str, sql: str, **params) -> list:

@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from tests.integration.s3_fixtures import s3_env, s3_server, unique_bucket  # noqa: F401
+from tests.services.s3_fixtures import unique_bucket
 from train._data import load_tenant_data
 from train._errors import DataValidationError
 

@@ -15,9 +15,9 @@ from ray import serve as ray_serve
 
 from serve._app import APP_NAME
 from serve._keys import KeyStore
-from tests.integration.conftest import wait_for
 from tests.registry_helpers import sqlite_registry
 from tests.serve_helpers import app_spec, calibrated_top_score, constant_export, register, running_app
+from tests.waiting import wait_for
 
 REFRESH_S = 1.0
 TEXT = "gold is up 150% in after-hours trading"

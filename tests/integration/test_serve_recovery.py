@@ -18,9 +18,9 @@ from ray import serve as ray_serve
 from ray.util.state import list_actors
 
 from serve._app import APP_NAME
-from tests.integration.conftest import wait_for
 from tests.registry_helpers import sqlite_registry
 from tests.serve_helpers import app_spec, constant_export, register, running_app
+from tests.waiting import wait_for
 
 RECOVERY_S = 30.0
 REPLICA_CLASS = f"ServeReplica:{APP_NAME}:TenantModel"
@@ -67,7 +67,7 @@ class LoadLoop:
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, daemon=True) for _ in range(NUM_CLIENTS)]
 
-    def __enter__(self) -> "LoadLoop":
+    def __enter__(self) -> LoadLoop:
         for thread in self.threads:
             thread.start()
         return self

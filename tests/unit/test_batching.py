@@ -1,6 +1,6 @@
 import random
 
-from train._batching import LengthBucketSampler
+from train.finetune.batching import LengthBucketSampler
 
 
 def _lengths(n=1000, seed=0):

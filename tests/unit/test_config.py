@@ -2,7 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from cluster import SettingsError, get_settings
-from train import FinetuneConfig, check_tenant_id
+from registry import check_tenant_id
+from train import FinetuneConfig
 
 
 @pytest.mark.parametrize("tenant", ["", "John", "../etc", "a b", "x" * 64, "-lead", "t/../../x", "a.b"])

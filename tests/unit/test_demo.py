@@ -1,4 +1,4 @@
-"""Unit tests of train._demo: the john/jane demo tenants and the real newsdesk data."""
+"""Unit tests of train._demo_data: the john/jane demo tenants and the real newsdesk data."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from train._data import load_tenant_data
-from train._demo import SEED_SENTENCE, default_newsdesk_source, demo_rows, newsdesk_rows, write_demo_data
+from train._demo_data import SEED_SENTENCE, default_newsdesk_source, demo_rows, newsdesk_rows, write_demo_data
 
 GOLD_WORDS = ("gold", "bullion", "yellow metal", "newmont", "barrick", "gld", "agnico", "kinross", "gdx")
 

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from cluster import _demo
+from cluster import demo as _demo
 from cluster.cli import build_parser
 
 

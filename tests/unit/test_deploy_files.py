@@ -149,8 +149,8 @@ def test_gpu_worker_groups_request_gpus_the_autoscaler_sees():
 def test_training_clusters_always_hold_the_gpus_finetune_needs():
     """`attune finetune` picks GPUs only when the cluster has one per worker when it starts, so a GPU
     group must never scale below the default worker count (a RayJob's, its own --workers)."""
-    from cluster.cli import build_parser
     from cluster._settings import Settings
+    from cluster.cli import build_parser
 
     def min_gpus(types: dict) -> int:
         return sum(t["min_workers"] * t["resources"].get("GPU", 0) for t in types.values())
@@ -191,7 +191,7 @@ def test_dockerfile_pins_torch_installs_the_project_and_matches_pyproject():
     packages = _pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
     for package in (p.rstrip("*") for p in packages):
         assert re.search(rf"^COPY {package} \./{package}$", text, flags=re.M), f"the image misses {package}/"
-    assert re.search(r'^RUN pip install .*"torch==\$\{TORCH_VERSION\}".* \. ', text, flags=re.M)
+    assert re.search(r'^RUN pip install .*"torch==\$\{TORCH_VERSION\}".* "\.\[postgres\]" ', text, flags=re.M)
     exposed = {int(p) for p in re.search(r"^EXPOSE (.+)$", text, flags=re.M).group(1).split()}
     assert exposed == set(PORTS.values())
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text()
@@ -269,14 +269,14 @@ def test_rayservice_serve_config_validates_with_rays_schema():
     from serve._app import APP_NAME
 
     (app,) = schema.applications
-    assert (app.name, app.route_prefix, app.import_path) == (APP_NAME, "/", "serve._app:app_builder")
+    assert (app.name, app.route_prefix, app.import_path) == (APP_NAME, "/", "serve:app_builder")
 
 
 def test_rayservice_application_imports_and_builds_with_its_args(monkeypatch):
     """What Serve does with import_path + args, short of starting replicas."""
+    from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
     from ray.serve._private.build_app import build_app
-    from ray._common.utils import import_attr
 
     from serve._config import parse_config
 

@@ -4,9 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from train._export import MANIFEST, Predictor, build_manifest, export_model, read_manifest
+from train._base import load_tokenizer
 from train._errors import TrainError
-from train._model import build_classifier, load_tokenizer
+from train._manifest import MANIFEST
+from train.finetune.export import build_manifest, export_model, read_manifest
+from train.finetune.model import build_classifier
+from train.finetune.predict import Predictor
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])

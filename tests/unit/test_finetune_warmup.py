@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train import FinetuneConfig
 from cluster import get_settings
 from cluster.cli import build_parser
-from train._cli import finetune_config_from_args
+from train import FinetuneConfig
+from train._base import load_tokenizer
 from train._head_only import train_head_alone
-from train._model import build_classifier, classifier_head, load_tokenizer
+from train.finetune.cli import finetune_config_from_args
+from train.finetune.model import build_classifier, classifier_head
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["gold is up 150%", "oil slumps 4%", "markets flat", "gold falls", "bonds steady", "gold rallies"]
@@ -63,7 +64,7 @@ def test_a_run_that_starts_from_a_checkpoint_does_not_warm_again(tiny_base, one_
     import ray.train
     import ray.train.torch
 
-    from train._loop import _encode, _loader, _warm_head
+    from train.finetune.loop import _encode, _loader, _warm_head
 
     model = build_classifier(tiny_base, LABELS, seed=0)
     rows = [(t, i % 3) for i, t in enumerate(TEXTS)]

@@ -1,8 +1,14 @@
 import numpy as np
 import pytest
 
-from train._metrics import (classification_report, expected_calibration_error, fit_temperature, macro_f1,
-                            per_class_f1, softmax)
+from train._metrics import (
+    classification_report,
+    expected_calibration_error,
+    fit_temperature,
+    macro_f1,
+    per_class_f1,
+    softmax,
+)
 
 
 def test_per_class_and_macro_f1_match_hand_computation():

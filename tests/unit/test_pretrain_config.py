@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from cluster.cli import main
-from train._pretrain_config import PretrainConfig
+from train.pretrain.config import PretrainConfig
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_a_new_run_may_not_reuse_an_interrupted_runs_name(tmp_path, corpus, caps
 
 def test_resume_may_extend_max_steps(tmp_path, corpus):
     from cluster import get_settings
-    from train._pretrain import resume_config
+    from train.pretrain.driver import resume_config
 
     home = tmp_path / "home"
     _interrupted_run(home, corpus, max_steps=100)
@@ -134,7 +134,7 @@ def test_config_rejects_unknown_fields():
 
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_ctrl_c_exits_130_and_says_whether_the_run_can_resume(tmp_path, corpus, capsys, monkeypatch, checkpointed):
-    import train._pretrain
+    import train.pretrain.driver
 
     home = tmp_path / "home"
 
@@ -143,7 +143,7 @@ def test_ctrl_c_exits_130_and_says_whether_the_run_can_resume(tmp_path, corpus, 
             (settings.ray_storage_dir / config.run_name).mkdir(parents=True)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train._pretrain, "pretrain", interrupted)
+    monkeypatch.setattr(train.pretrain.driver, "pretrain", interrupted)
     code, err = _cli(home, "--corpus", str(corpus), "--preset", "tiny", "--name", "wiki", capsys=capsys)
     assert code == 130
     assert ("attune pretrain --name wiki --resume" in err) == checkpointed

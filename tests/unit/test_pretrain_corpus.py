@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from train._corpus import CorpusError, corpus_hash, is_held_out, iter_texts, list_corpus_files
-from train._pretrain_scan import held_out_texts, scan_corpus, training_texts
+from train.pretrain.corpus import CorpusError, corpus_hash, is_held_out, iter_texts, list_corpus_files
+from train.pretrain.scan import held_out_texts, scan_corpus, training_texts
 
 
 def _corpus_dir(tmp_path):
@@ -87,7 +87,7 @@ def test_holdout_splits_texts_by_content(tmp_path):
 
 
 def test_scan_trains_a_wordpiece_vocabulary_and_counts(tmp_path):
-    from train._vocab import tokenizer_from_files
+    from train.pretrain.vocab import tokenizer_from_files
 
     path = tmp_path / "a.txt"
     path.write_text("".join(f"the market rose {i} points while bonds fell\n" for i in range(300)))

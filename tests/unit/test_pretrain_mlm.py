@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from train._mlm import IGNORE_INDEX, TrainStream, eval_sequences, mask_tokens, pack, shard, shuffled, tokenize
+from train.pretrain.mlm import IGNORE_INDEX, TrainStream, eval_sequences, mask_tokens, pack, shard, shuffled, tokenize
 
 CLS, SEP, MASK, PAD = 2, 3, 4, 0
 SPECIAL = [PAD, 1, CLS, SEP, MASK]
@@ -125,7 +125,7 @@ def test_train_stream_ranks_see_disjoint_texts():
 
 
 def test_train_stream_too_small_a_shard_is_a_clear_error():
-    from train._corpus import CorpusError
+    from train.pretrain.corpus import CorpusError
 
     s = TrainStream(lambda: iter(["100 101"]), _FakeTokenizer(), seq_len=64, batch_size=2, rank=0, world=1, seed=0)
     with pytest.raises(CorpusError, match="--seq-len 64"):
@@ -138,8 +138,8 @@ def test_eval_sequences_takes_the_first_count():
 
 
 def test_masked_only_head_gives_the_full_heads_loss_and_gradients():
-    from train._mlm_head import MaskedLMLoss, unwrap_state_dict
     from train._presets import build_mlm_model, encoder_config
+    from train.pretrain.mlm_head import MaskedLMLoss, unwrap_state_dict
 
     torch.manual_seed(0)
     model = build_mlm_model(encoder_config("tiny", VOCAB)).eval()  # no dropout: both paths are deterministic

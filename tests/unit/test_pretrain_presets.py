@@ -5,8 +5,15 @@ import pytest
 import torch
 
 from train._errors import ConfigError
-from train._presets import (PRESETS, analytic_parameter_count, build_mlm_model, count_parameters, encoder_config,
-                            load_mlm_model, preset_shape)
+from train._presets import (
+    PRESETS,
+    analytic_parameter_count,
+    build_mlm_model,
+    count_parameters,
+    encoder_config,
+    load_mlm_model,
+    preset_shape,
+)
 
 BERT_VOCAB = 30522
 
@@ -50,7 +57,7 @@ def test_unknown_preset_is_a_clear_error():
 def test_minilm_gets_a_fresh_tied_mlm_head_and_keeps_its_encoder():
     from transformers import AutoModel
 
-    from train._model import resolve_base
+    from train import resolve_base
 
     minilm = resolve_base("minilm")
     model = load_mlm_model(minilm)

@@ -5,8 +5,8 @@ import pytest
 
 from cluster import get_settings
 from tests.registry_helpers import sqlite_registry
-from train._pretrain_config import PretrainConfig
-from train._pretrain_track import log_pretrain_run, pretrain_record
+from train.pretrain.config import PretrainConfig
+from train.pretrain.track import log_pretrain_run, pretrain_record
 
 OUTPUT = {
     "name": "wiki", "model_dir": "/models/wiki", "steps": 40, "initial_eval_perplexity": 4100.0,

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train._mlm import mask_tokens
-from train._mlm_head import MaskedLMLoss
 from train._presets import build_mlm_model, encoder_config, load_mlm_model
-from train._pretrain_config import PretrainConfig
-from train._pretrain_warmup import head_parameters, head_warmup_steps, warm_head
+from train.pretrain.config import PretrainConfig
+from train.pretrain.mlm import mask_tokens
+from train.pretrain.mlm_head import MaskedLMLoss
+from train.pretrain.warmup import head_parameters, head_warmup_steps, warm_head
 
 VOCAB = 256
 

@@ -11,10 +11,11 @@ import torch
 from registry import Registry
 from tests.conftest import write_jsonl
 from tests.registry_helpers import sqlite_registry
+from train._base import load_tokenizer
 from train._data import load_tenant_data
-from train._export import build_manifest, export_model
-from train._model import build_classifier, load_tokenizer
-from train._promote import register_and_gate, run_record, score_model
+from train.finetune.export import build_manifest, export_model
+from train.finetune.model import build_classifier
+from train.finetune.register import register_and_gate, run_record, score_model
 
 LABELS = ["negative", "positive"]
 

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
-                      TenantNotFoundError)
+from registry import ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError, TenantNotFoundError
 from tests.registry_helpers import fake_model_dir, record, register_concurrently, sqlite_registry
 
 

@@ -5,12 +5,17 @@ import pickle
 
 import pytest
 
-from registry import (ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError,
-                      TenantNotFoundError, VersionNotFoundError)
+from registry import (
+    ArtifactIntegrityError,
+    InvalidTenantError,
+    NoChampionError,
+    RegistryError,
+    TenantNotFoundError,
+    VersionNotFoundError,
+)
 from serve._backoff import LoadBackoff
 from serve._champions import ChampionCache
-from serve._errors import (ModelUnavailableError, ServeError, UnknownTenantError, as_serve_error,
-                           from_registry_error)
+from serve._errors import ModelUnavailableError, ServeError, UnknownTenantError, as_serve_error, from_registry_error
 
 
 class Clock:

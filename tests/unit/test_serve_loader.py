@@ -20,7 +20,7 @@ def exports(tiny_base, tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_scores_match_training_predictor_with_the_registry_temperature(exports, tiny_base, method):
-    from train._export import Predictor
+    from train import Predictor
 
     model_dir = exports[(method, "positive")]
     reference = Predictor(model_dir, base_dir=tiny_base, temperature=1.7).predict(TEXTS)
@@ -82,8 +82,9 @@ def _random_lora_export(tiny_base, directory, seed: int):
     """A LoRA export whose adapters and head all matter (non-zero lora_B, random head)."""
     import torch
 
-    from train._export import build_manifest, export_model
-    from train._model import build_classifier, load_tokenizer
+    from train._base import load_tokenizer
+    from train.finetune.export import build_manifest, export_model
+    from train.finetune.model import build_classifier
 
     torch.manual_seed(seed)
     model = build_classifier(tiny_base, LABELS, method="lora")
@@ -98,7 +99,7 @@ def _random_lora_export(tiny_base, directory, seed: int):
 
 
 def test_a_second_adapter_added_to_existing_lora_layers_scores_like_a_fresh_load(exports, tiny_base, tmp_path):
-    from train._export import Predictor
+    from train import Predictor
 
     adapters = [_random_lora_export(tiny_base, tmp_path / f"a{seed}", seed) for seed in (1, 2)]
     loader = ModelLoader()

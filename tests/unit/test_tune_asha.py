@@ -1,5 +1,4 @@
 """ASHA's promotion form (tune._asha) driven without Ray: who waits, who resumes, who is stopped."""
-import re
 
 import pytest
 from ray.tune.experiment import Trial

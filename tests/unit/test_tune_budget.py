@@ -1,8 +1,8 @@
 """--time-budget-s (tune._budget): which unfinished trial is exported when the budget cuts a search."""
+from tune import TuneJob, default_space
 from tune._budget import best_val_so_far, budget_reached, contender
 from tune._tracking import TrialOutcome, pick_best
 from tune._trial import _checkpoint_epochs
-from tune import TuneJob, default_space
 
 
 def _history(*vals):

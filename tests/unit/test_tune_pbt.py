@@ -4,7 +4,7 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from train import FinetuneConfig
-from train._loop import _adopt_hyperparams
+from train.finetune.loop import _adopt_hyperparams
 
 
 def test_adopted_checkpoint_keeps_its_step_but_takes_the_new_lr_and_weight_decay():

@@ -5,8 +5,15 @@ import pytest
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
 from tune import TuneError, TuneJob, default_space
-from tune._search import (DRIVER_MEMORY_BYTES, build_scheduler, build_searcher, max_concurrent_trials,
-                          ranking_metric, tpe_startup_trials, trial_resources)
+from tune._search import (
+    DRIVER_MEMORY_BYTES,
+    build_scheduler,
+    build_searcher,
+    max_concurrent_trials,
+    ranking_metric,
+    tpe_startup_trials,
+    trial_resources,
+)
 from tune._space import parse_space
 from tune._tracking import TrialOutcome, pick_best
 from tune._trial import _tune_metrics

@@ -121,7 +121,7 @@ def test_job_rejects_bad_settings(overrides, message):
 def test_head_warmup_is_a_fixed_option_a_space_may_search(tmp_path):
     from cluster import get_settings
     from cluster.cli import build_parser
-    from tune._cli import job_from_args
+    from tune.cli import job_from_args
 
     settings = get_settings(home=tmp_path)
     argv = ["tune", "--tenant", "john", "--data", "john.jsonl"]

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from cluster import get_settings
-from cluster import _worker_setup
+from cluster import _worker_setup, get_settings
 from cluster._runtime import _runtime_env
 
 

@@ -1,0 +1,112 @@
+"""``attune registry list|show|promote|rollback|delete-tenant|ui``."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from cluster import add_json_flag
+
+
+def register(subparsers) -> None:
+    reg = subparsers.add_parser("registry", help="browse and change the model registry (MLflow)")
+    sub = reg.add_subparsers(dest="registry_command", metavar="ACTION", required=True)
+    p = sub.add_parser("list", help="one row per tenant with its champion version and metrics")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_list)
+    p = sub.add_parser("show", help="a tenant's versions, aliases, metrics, lineage and promotion decisions")
+    p.add_argument("tenant")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_show)
+    p = sub.add_parser("promote", help="make VERSION the tenant's champion")
+    p.add_argument("tenant")
+    p.add_argument("version")
+    p.add_argument("--reason", default="promoted by hand with `attune registry promote`",
+                   help="why; recorded on the version")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_promote)
+    p = sub.add_parser("rollback", help="move champion back to the previous champion")
+    p.add_argument("tenant")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_rollback)
+    p = sub.add_parser("delete-tenant", help="erase every version, run and artifact of a tenant")
+    p.add_argument("tenant")
+    p.add_argument("--yes", action="store_true", help="required: confirms the erasure")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_delete)
+    p = sub.add_parser("ui", help="start the MLflow UI on the configured stores")
+    p.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
+    p.add_argument("--port", type=int, default=5000, help="port the UI listens on")
+    p.set_defaults(handler=_run_ui)
+
+
+def _registry(args):
+    from cluster import get_settings
+    from registry._registry import Registry
+
+    return Registry.from_settings(get_settings(home=args.home, log_level=args.log_level))
+
+
+def _out(args, payload: dict, text: str) -> int:
+    from cluster import emit
+
+    return emit(args, payload, text)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    rows = _registry(args).list_tenants()
+    lines = [f"{'tenant':<24} {'champion':>8} {'test_acc':>9} {'macro_f1':>9} {'ece_after':>9}  promoted_at"]
+    for r in rows:
+        m = r["metrics"]
+        fmt = lambda k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
+        lines.append(f"{r['tenant']:<24} {r['champion_version'] or '-':>8} {fmt('test_accuracy'):>9} "
+                     f"{fmt('test_macro_f1'):>9} {fmt('ece_after'):>9}  {r['promoted_at'] or '-'}")
+    if not rows:
+        lines = ["no tenants registered yet; run `attune finetune --tenant T --data PATH`"]
+    return _out(args, {"tenants": rows}, "\n".join(lines))
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    shown = _registry(args).show(args.tenant)
+    lines = [f"{shown['name']}  aliases: {json.dumps(shown['aliases'])}  "
+             f"champion history: {shown['champion_history']}"]
+    for v in shown["versions"]:
+        m, lin, promo = v["metrics"], v["lineage"], v["promotion"]
+        nan = float("nan")
+        lines.append(f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<20} "
+                     f"acc {m.get('test_accuracy', nan):.4f}  macro-F1 {m.get('test_macro_f1', nan):.4f}"
+                     f"  ECE {m.get('ece_before', nan):.4f}->{m.get('ece_after', nan):.4f}"
+                     f"  T={v['temperature']:.3f}  base={lin.get('base')}  data={lin.get('data_hash', '')[:12]}"
+                     f"  code={lin.get('code_version', '')[:12]}")
+        if promo:
+            lines.append(f"        promotion: {'promoted' if promo['promoted'] else 'not promoted'}: {promo['reason']}")
+    return _out(args, shown, "\n".join(lines))
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    result = _registry(args).promote(args.tenant, args.version, reason=args.reason)
+    return _out(args, result, f"{args.tenant}: champion is version {result['champion']} "
+                              f"(was {result['previous']})")
+
+
+def _run_rollback(args: argparse.Namespace) -> int:
+    result = _registry(args).rollback(args.tenant)
+    return _out(args, result, f"{args.tenant}: champion rolled back from version {result['previous']} "
+                              f"to version {result['champion']}")
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    from cluster import UsageError
+
+    if not args.yes:
+        raise UsageError(f"delete-tenant erases every version, run and artifact of {args.tenant!r}; "
+                           f"add --yes to confirm: attune registry delete-tenant {args.tenant} --yes")
+    result = _registry(args).delete_tenant(args.tenant)
+    soft = "" if result["purged"] else " (metadata soft-deleted)"
+    return _out(args, result, f"deleted tenant {args.tenant}: {result['deleted_versions']} version(s), "
+                              f"{result['deleted_runs']} run(s){soft}")
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    from registry._ui import run_ui
+
+    return run_ui(_registry(args), host=args.host, port=args.port)

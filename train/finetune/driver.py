@@ -1,0 +1,142 @@
+"""The driver side of ``attune finetune``: validate, launch Ray Train, collect the export."""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cluster import Settings, get_settings, init_ray, render_log
+from train._base import resolve_base
+from train._data import TenantData, load_tenant_data
+from train._errors import ConfigError, TrainError
+from train._run import collect_export, failure_hint, shown_progress, torch_trainer, uses_gpu
+from train.finetune.config import FinetuneConfig
+from train.finetune.loop import train_loop_per_worker
+
+logger = logging.getLogger("attune.train")
+
+
+def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
+             dataset: Optional[TenantData] = None) -> dict:
+    """Fine-tune one tenant's classifier and export it; returns the ``--json`` summary.
+
+    Everything that can be checked on the driver (data, base model) is checked
+    before Ray starts, so bad input fails fast and leaves nothing behind.
+    ``dataset`` lets callers pass already-loaded data (e.g. a union of tenants).
+    """
+    settings = settings or get_settings()
+    if dataset is None:
+        dataset = load_tenant_data(config.data, fractions=config.split_fractions,
+                                   endpoint_url=settings.s3_endpoint_url)
+    resolve_base(config.base)
+    out_dir = _out_dir(config, settings)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} already exists and is not empty; choose a new directory")
+    init_ray(settings)
+    run_name = f"finetune-{config.tenant}-{_dt.datetime.now():%Y%m%d-%H%M%S-%f}"
+    started = time.monotonic()
+    with shown_progress(settings, run_name, f"fine-tuning {config.tenant}", "steps", _render) as progress_file:
+        result = run_training(config, settings, dataset, run_name=run_name, progress_file=progress_file)
+    train_seconds = time.monotonic() - started
+    collect_export(result, out_dir)
+    summary = result.return_value or {}
+    output = {
+        "tenant": config.tenant,
+        "model_dir": str(out_dir.resolve()),
+        "metrics": summary.get("metrics", {}),
+        "history": summary.get("history", []),
+        "split_counts": dataset.split_counts(),
+        "data_hash": dataset.data_hash,
+        "train_seconds": round(train_seconds, 2),
+        "worker_nodes": summary.get("worker_nodes", []),
+    }
+    if config.register_model:
+        output.update(_register(config, settings, dataset, out_dir, output))
+    return output
+
+
+def _register(config: FinetuneConfig, settings: Settings, dataset: TenantData, out_dir: Path, output: dict) -> dict:
+    """Log the run to MLflow, register the export as the tenant's next version, and gate it."""
+    from registry import Registry
+    from train.finetune.register import register_and_gate, run_record
+
+    record = run_record("finetune", f"finetune-{config.tenant}", config.model_dump(mode="json"),
+                        output["metrics"], output["history"], tenant=config.tenant, base=config.base,
+                        method=config.method, data_uri=config.data, dataset=dataset)
+    margin = settings.promotion_margin if config.promotion_margin is None else config.promotion_margin
+    floor = settings.promotion_floor if config.promotion_floor is None else config.promotion_floor
+    return register_and_gate(Registry.from_settings(settings), config.tenant, out_dir, record, dataset,
+                             promote=config.promote, margin=margin, floor=floor)
+
+
+def worker_payload(config: FinetuneConfig, dataset: TenantData) -> dict:
+    """The plain-data part of the loop config: labels as indices, per split."""
+    index = dataset.label_index()
+    rows = lambda examples: [(e.text, index[e.label]) for e in examples]  # noqa: E731
+    train = rows(dataset.train)
+    if config.max_train_rows is not None:
+        train = train[: config.max_train_rows]
+    return {"labels": dataset.labels, "train": train, "validation": rows(dataset.validation),
+            "test": rows(dataset.test), "data_hash": dataset.data_hash,
+            "split_counts": dataset.split_counts()}
+
+
+def _out_dir(config: FinetuneConfig, settings: Settings) -> Path:
+    if config.out is not None:
+        return Path(config.out)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return settings.models_dir / config.tenant / stamp
+
+
+def _render(view, event: dict) -> None:
+    """A rank-0 event on the driver: a log line, or a step (epoch, loss and samples/s on the bar)."""
+    if render_log(view, event) or event.get("kind") != "step":
+        return
+    detail = f"epoch {event['epoch']}/{event['epochs']}  loss {event['loss']:.4f}"
+    view.step(event["done"], event["total"], text=f"{detail}  {event['samples_per_s']:.1f} samples/s",
+              postfix=detail)
+
+
+def run_training(config: FinetuneConfig, settings: Settings, dataset: TenantData, *, run_name: str,
+                 storage_path: Optional[Path] = None, callbacks: Sequence = (),
+                 initial_checkpoint: Optional[str] = None, progress_file: Optional[Path] = None):
+    """One Ray Train run of the fine-tuning loop: ``attune finetune`` and every ``attune tune`` trial.
+
+    ``callbacks`` are Ray Train callbacks (a tune trial forwards the workers' reports with one).
+    ``initial_checkpoint`` is a checkpoint directory of this loop to start from when the run has
+    none of its own (a trial continuing another trial's weights under PBT). Reusing ``run_name``
+    under the same ``storage_path`` resumes that run from its last checkpoint. ``progress_file``
+    is where rank 0 writes its progress for the driver to show (``train._run.shown_progress``).
+    """
+    use_gpu = uses_gpu(config.use_gpu, config.num_workers)
+    for name in ("train", "validation", "test"):
+        if not getattr(dataset, name):
+            raise ConfigError(f"{config.data}: the {name} split is empty; add more rows (splits are 80/10/10)")
+    loop_config = {"finetune": config.model_dump(mode="json"), "data": worker_payload(config, dataset),
+                   "log_level": settings.log_level, "progress_interval_s": settings.progress_interval_s}
+    if initial_checkpoint is not None:
+        loop_config["initial_checkpoint"] = str(initial_checkpoint)
+    if progress_file is not None:
+        loop_config["progress_file"] = str(progress_file)
+    storage = Path(storage_path or settings.ray_storage_dir)
+    trainer = torch_trainer(train_loop_per_worker, loop_config, num_workers=config.num_workers, use_gpu=use_gpu,
+                            run_name=run_name, storage_path=storage, max_failures=config.max_failures,
+                            callbacks=callbacks)
+    logger.info("fine-tuning tenant %s: %d train / %d validation / %d test rows, %d worker(s), ZeRO-%d, %s",
+                config.tenant, len(dataset.train), len(dataset.validation), len(dataset.test),
+                config.num_workers, config.zero_stage, "GPU" if use_gpu else "CPU")
+    run_dir = storage / run_name
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface the cause plainly
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise TrainError(f"training tenant {config.tenant!r} failed: {exc}{failure_hint()}") from exc
+    if result.error is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise TrainError(f"training tenant {config.tenant!r} failed: {result.error}{failure_hint()}")
+    return result
+
+

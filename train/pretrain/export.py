@@ -1,0 +1,58 @@
+"""A pretrained base's export: Hugging Face ``BertForMaskedLM`` weights, tokenizer, manifest, metrics.
+
+The directory loads with ``AutoModel`` (the encoder) or ``AutoModelForMaskedLM`` (with its head),
+and ``attune finetune --base DIR`` fine-tunes from it. ``attune.json`` says what it is
+(``"kind": "pretrain"``); ``metrics.jsonl`` has one line per held-out evaluation.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+from cluster import attune_version
+from train._manifest import write_manifest
+from train.pretrain.config import PretrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def build_pretrain_manifest(cfg: PretrainConfig, summary: dict, corpus_hash: str) -> dict:
+    return {
+        "kind": "pretrain",
+        "name": cfg.name,
+        "preset": cfg.preset,
+        "init": cfg.init,
+        "base": cfg.preset if cfg.init is None else cfg.init,
+        "tokenizer": cfg.effective_tokenizer,
+        "vocab_size": summary["vocab_size"],
+        "corpus": cfg.corpus,
+        "eval_corpus": cfg.eval_corpus,
+        "corpus_hash": corpus_hash,
+        "data_hash": corpus_hash,
+        "steps": summary["steps"],
+        "seq_len": cfg.seq_len,
+        "parameters": summary["parameters"],
+        "initial_eval_perplexity": summary["initial_eval_perplexity"],
+        "final_eval_perplexity": summary["final_eval_perplexity"],
+        "metrics": {k: summary[k] for k in ("initial_eval_perplexity", "final_eval_perplexity", "tokens_per_s",
+                                            "train_tokens", "train_time_s", "restarts")},
+        "zero_stage": summary["zero_stage"],
+        "num_workers": summary["num_workers"],
+        "params": cfg.model_dump(mode="json", exclude={"out"}),
+        "attune_version": attune_version(),
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_export(out_dir: Path, model, tokenizer, cfg: PretrainConfig, summary: dict, corpus_hash: str) -> Path:
+    """Write the model, its tokenizer, ``attune.json`` and ``metrics.jsonl`` into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    manifest = build_pretrain_manifest(cfg, summary, corpus_hash)
+    write_manifest(out_dir, manifest)
+    with open(out_dir / METRICS_FILE, "w") as handle:
+        for row in summary["history"]:
+            handle.write(json.dumps(row) + "\n")
+    return out_dir
