@@ -3,12 +3,14 @@
 Only this package imports ``mlflow`` (lazily). Everyone else goes through :class:`Registry`.
 """
 from registry._errors import (
-                              ArtifactIntegrityError,
-                              InvalidTenantError,
-                              NoChampionError,
-                              RegistryError,
-                              TenantNotFoundError,
-                              VersionNotFoundError,
+    ArtifactIntegrityError,
+    InvalidTenantError,
+    NoChampionError,
+    NothingToRollBackError,
+    RegistryError,
+    RegistryUnavailableError,
+    TenantNotFoundError,
+    VersionNotFoundError,
 )
 from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id, tenant_model_name
 from registry._records import Lineage, RunRecord, VersionInfo
@@ -21,11 +23,11 @@ __all__ = [
     "VersionInfo",
     "RegistryError",
     "RegistryUnavailableError",
-    "NothingToRollBackError",
     "InvalidTenantError",
     "TenantNotFoundError",
     "NoChampionError",
     "VersionNotFoundError",
+    "NothingToRollBackError",
     "ArtifactIntegrityError",
     "CHAMPION",
     "CHALLENGER",
