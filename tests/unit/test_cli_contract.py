@@ -6,9 +6,9 @@ import importlib
 import pickle
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from pydantic import BaseModel, Field, ValidationError
 
 from cluster import AttuneError, UsageError, flag_errors
