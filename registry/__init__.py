@@ -4,6 +4,7 @@ Only this package imports ``mlflow`` (lazily). Everyone else goes through :class
 """
 from registry._errors import (
     ArtifactIntegrityError,
+    InvalidModelDirError,
     InvalidTenantError,
     NoChampionError,
     NothingToRollBackError,
@@ -12,6 +13,7 @@ from registry._errors import (
     TenantNotFoundError,
     VersionNotFoundError,
 )
+from registry._manifest import MANIFEST, MANIFEST_KEYS, read_manifest
 from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id, tenant_model_name
 from registry._records import Lineage, RunRecord, VersionInfo
 from registry._registry import Registry
@@ -29,6 +31,10 @@ __all__ = [
     "VersionNotFoundError",
     "NothingToRollBackError",
     "ArtifactIntegrityError",
+    "InvalidModelDirError",
+    "MANIFEST",
+    "MANIFEST_KEYS",
+    "read_manifest",
     "CHAMPION",
     "CHALLENGER",
     "TENANT_ID_PATTERN",

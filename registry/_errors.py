@@ -52,3 +52,10 @@ class NothingToRollBackError(RegistryError, UsageError):
 
     http_status = 409
     code = "no_previous_champion"
+
+
+class InvalidModelDirError(RegistryError, UsageError):
+    """A directory that is not an attune export (no readable, complete ``attune.json``)."""
+
+    http_status = 422
+    code = "invalid_model_dir"

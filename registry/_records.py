@@ -17,7 +17,7 @@ class Lineage(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["finetune", "tune", "pretrain"]
+    kind: Literal["finetune", "tune", "pretrain", "import"]
     tenant: Optional[str] = None
     base: str = Field(description="a models:/ URI with a version, a named preset, or a directory")
     method: Optional[str] = None

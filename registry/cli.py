@@ -1,8 +1,9 @@
-"""``attune registry list|show|promote|rollback|delete-tenant|ui``."""
+"""``attune registry list|show|promote|rollback|delete-tenant|import|ui``."""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from cluster import add_json_flag
 
@@ -33,6 +34,14 @@ def register(subparsers) -> None:
     p.add_argument("--yes", action="store_true", help="required: confirms the erasure")
     add_json_flag(p)
     p.set_defaults(handler=_run_delete)
+    p = sub.add_parser("import", help="register exported model directories (or a folder of them) as tenant "
+                                      "versions, without training")
+    p.add_argument("path", type=Path, help="an export (a model_dir of attune finetune) or a folder of exports")
+    p.add_argument("--tenant", help="register the export as this tenant's version (default: its manifest's tenant)")
+    p.add_argument("--promote", action="store_true", help="make each imported version its tenant's champion "
+                                                          "(default: challenger)")
+    add_json_flag(p)
+    p.set_defaults(handler=_run_import)
     p = sub.add_parser("ui", help="start the MLflow UI on the configured stores")
     p.add_argument("--host", default="127.0.0.1", help="address the UI listens on")
     p.add_argument("--port", type=int, default=5000, help="port the UI listens on")
@@ -104,6 +113,16 @@ def _run_delete(args: argparse.Namespace) -> int:
     soft = "" if result["purged"] else " (metadata soft-deleted)"
     return _out(args, result, f"deleted tenant {args.tenant}: {result['deleted_versions']} version(s), "
                               f"{result['deleted_runs']} run(s){soft}")
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from registry._import import import_exports
+
+    result = import_exports(_registry(args), args.path, tenant=args.tenant, promote=args.promote)
+    lines = [f"{row['tenant']:<24} v{row['version']:<5} {'champion' if row['promoted'] else 'challenger'}"
+             for row in result["imported"]]
+    lines.append(f"imported {len(result['imported'])} export(s) in {result['seconds']:.1f}s")
+    return _out(args, result, "\n".join(lines))
 
 
 def _run_ui(args: argparse.Namespace) -> int:

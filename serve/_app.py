@@ -12,15 +12,15 @@ from typing import Optional
 from ray import serve as ray_serve
 
 from serve._config import AppSpec
-from serve._ingress import Ingress
-from serve._model import TenantModel
+from serve._endpoint import Endpoint
 
 APP_NAME = "attune"
+DEPLOYMENT = "Endpoint"
 STATE_FILE = "serve.json"
 
 # Ray Serve reads these when its modules are imported, in each of its processes, so they travel as
 # environment variables: to the replicas with the deployments, to the controller and the proxy
-# through ``deploy``. The proxy and the ingress reach the next replica over Serve's gRPC channel
+# through ``deploy``. The proxy reaches the replicas over Serve's gRPC channel
 # instead of Ray actor calls, and user code and the handle's router run on the replica's own event
 # loop instead of an extra thread and loop each: fewer hand-offs on every request.
 # Any ``RAY_SERVE_*`` variable set where the application is deployed overrides or adds to these.
@@ -37,24 +37,23 @@ def serve_ray_env() -> dict:
 
 
 def build_app(spec: AppSpec):
-    """The bound application: ``Ingress`` in front of the multiplexed ``TenantModel``."""
-    model_cfg, ingress_cfg = spec.config.model, spec.config.ingress
-    payload = spec.model_dump()
-    runtime_env = {"env_vars": serve_ray_env()}  # merged by Ray with the job's runtime env
-    logging_config = {"enable_access_log": spec.config.access_log}
-    model = TenantModel.options(
-        autoscaling_config=model_cfg.autoscaling.ray_options(),
-        max_ongoing_requests=model_cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": model_cfg.num_cpus, "num_gpus": model_cfg.num_gpus,
-                           "runtime_env": runtime_env},
-        logging_config=logging_config,
-    ).bind(payload)
-    return Ingress.options(
-        autoscaling_config=ingress_cfg.autoscaling.ray_options(),
-        max_ongoing_requests=ingress_cfg.max_ongoing_requests,
-        ray_actor_options={"num_cpus": ingress_cfg.num_cpus, "runtime_env": runtime_env},
-        logging_config=logging_config,
-    ).bind(model, payload)
+    """The bound application: the ``Endpoint`` deployment, which serves HTTP and holds the models.
+
+    Past ``model.max_queued_requests`` waiting requests per HTTP proxy, Serve answers 429 with
+    ``Retry-After`` instead of queueing without bound.
+    """
+    from ray.serve.config import BackpressureConfig
+
+    cfg = spec.config.model
+    return Endpoint.options(
+        autoscaling_config=cfg.autoscaling.ray_options(),
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_queued_requests=cfg.max_queued_requests,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=cfg.queue_full_retry_after_s),
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus,
+                           "runtime_env": {"env_vars": serve_ray_env()}},  # merged by Ray with the job's
+        logging_config={"enable_access_log": spec.config.access_log},
+    ).bind(spec.model_dump())
 
 
 def app_builder(args: dict):
@@ -140,12 +139,12 @@ def status(url: Optional[str] = None) -> dict:
 
 
 def replica_stats(timeout_s: float = 10.0) -> list[dict]:
-    """Each live ``TenantModel`` replica's loaded models and shared bases."""
+    """Each live ``Endpoint`` replica's loaded models and shared bases."""
     import ray
     from ray.util.state import list_actors
 
     actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:TenantModel"),
+                         filters=[("class_name", "=", f"ServeReplica:{APP_NAME}:{DEPLOYMENT}"),
                                   ("state", "=", "ALIVE")])
     out = []
     for actor in actors:

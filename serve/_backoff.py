@@ -31,7 +31,7 @@ class LoadBackoff:
             wait = failure.retry_at - self.clock()
             raise ModelUnavailableError(
                 f"model {model_id} failed to load ({failure.attempts} attempt(s)): {failure.message}; "
-                f"next attempt in {wait:.1f}s")
+                f"next attempt in {wait:.1f}s", retry_after_s=wait)
 
     def failed(self, model_id: str, error: BaseException) -> ModelUnavailableError:
         """Record a failed load; returns the 503 to raise."""
@@ -41,7 +41,7 @@ class LoadBackoff:
         message = str(getattr(error, "message", None) or error)[:500]
         self._failures[model_id] = _Failure(attempts, self.clock() + delay, message)
         return ModelUnavailableError(f"model {model_id} failed to load (attempt {attempts}, retry in "
-                                     f"{delay:.1f}s): {message}")
+                                     f"{delay:.1f}s): {message}", retry_after_s=delay)
 
     def succeeded(self, model_id: str) -> None:
         self._failures.pop(model_id, None)

@@ -17,13 +17,18 @@ MIB = 1024 * 1024
 
 
 class Autoscaling(BaseModel):
-    """Ray Serve autoscaling for one deployment."""
+    """Ray Serve autoscaling of the endpoint's replicas."""
 
     model_config = ConfigDict(extra="forbid")
 
     min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=1, ge=1)
-    target_ongoing_requests: float = Field(default=2.0, gt=0)
+    max_replicas: int = Field(default=2, ge=1)
+    target_ongoing_requests: float = Field(default=8.0, gt=0, description="requests in flight per replica that "
+                                           "Serve aims for; with batching a replica serves many at once")
+    upscale_delay_s: Optional[float] = Field(default=None, ge=0, description="Serve's default when unset (30 s)")
+    downscale_delay_s: Optional[float] = Field(default=None, ge=0, description="Serve's default when unset (600 s)")
+    look_back_period_s: Optional[float] = Field(default=None, gt=0, description="the window Serve averages load "
+                                                "over; Serve's default when unset (30 s)")
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -33,23 +38,31 @@ class Autoscaling(BaseModel):
         return self
 
     def ray_options(self) -> dict:
-        return self.model_dump()
+        return self.model_dump(exclude_none=True)
 
 
 class ModelConfig(BaseModel):
-    """The multiplexed ``TenantModel`` deployment (YAML key ``model``)."""
+    """The endpoint's replicas (YAML key ``model``): each serves HTTP and holds tenant models."""
 
     model_config = ConfigDict(extra="forbid")
 
-    max_models_per_replica: int = Field(default=8, ge=1, description="LRU size of a replica's model cache")
-    max_batch_size: int = Field(default=8, ge=1, description="requests batched together per model")
+    adapter_cache_mib: float = Field(default=1024, gt=0, description="memory for LoRA adapters per replica; the "
+                                   "least recently used idle adapter makes room for a new one")
+    max_models_per_replica: int = Field(default=8, ge=1, description="full-model tenants per replica (LRU)")
+    cross_tenant_batching: bool = Field(default=True, description="LoRA requests of different tenants on one base "
+                                        "share a forward pass; false batches each tenant on its own")
+    max_batch_size: int = Field(default=16, ge=1, description="requests batched together")
     batch_wait_timeout_s: float = Field(
         default=0.0, ge=0, le=1.0, description="how long a batch waits to fill; 0 batches only the requests "
                                                "already queued, so a lone request never waits")
-    max_ongoing_requests: int = Field(default=32, ge=1)
+    max_ongoing_requests: int = Field(default=64, ge=1, description="requests a replica takes at once")
+    max_queued_requests: int = Field(default=256, ge=1, description="requests waiting for a replica, per HTTP "
+                                     "proxy; beyond, 429 with Retry-After")
+    queue_full_retry_after_s: float = Field(default=1.0, ge=0, description="Retry-After of a 429")
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     autoscaling: Autoscaling = Autoscaling()
+    load_timeout_s: float = Field(default=30.0, gt=0, description="a model load that takes longer answers 503")
     load_retry_initial_s: float = Field(default=1.0, gt=0, description="first back-off after a failed load")
     load_retry_max_s: float = Field(default=30.0, gt=0, description="longest back-off between load attempts")
     max_seq_len: Optional[int] = Field(default=None, ge=8, description="overrides the manifest's max_seq_len")
@@ -69,16 +82,13 @@ class ModelConfig(BaseModel):
 
 
 class IngressConfig(BaseModel):
-    """The FastAPI ingress deployment (YAML key ``ingress``): request limits and scaling."""
+    """What the endpoint accepts (YAML key ``ingress``): request limits."""
 
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(default=MIB, ge=1024, description="larger bodies get 413")
     max_texts: int = Field(default=64, ge=1, description="more texts per request get 422")
     max_chars: int = Field(default=10_000, ge=1, description="a longer text gets 422")
-    max_ongoing_requests: int = Field(default=100, ge=1)
-    num_cpus: float = Field(default=0.5, ge=0)
-    autoscaling: Autoscaling = Autoscaling()
 
 
 class ServeConfig(BaseModel):
@@ -89,7 +99,7 @@ class ServeConfig(BaseModel):
     model: ModelConfig = ModelConfig()
     ingress: IngressConfig = IngressConfig()
     cache_dir: Optional[str] = Field(
-        default=None, description="root of the per-replica model cache (default: a temp folder per replica)")
+        default=None, description="where replicas download models before loading them (default: a temp folder)")
     access_log: bool = Field(
         default=False, description="Serve's access log line per request (proxy and replicas); costs CPU per request")
 

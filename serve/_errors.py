@@ -1,9 +1,10 @@
-"""The serving error tree. Every error maps to one HTTP status and a stable ``code``.
-
-Errors raised in a model replica cross a Ray actor boundary, so they pickle with their message.
+"""The serving error tree. Every error maps to one HTTP status and a stable ``code``; one that a
+client may retry carries ``retry_after_s`` (the ``Retry-After`` header). Errors pickle with their
+message, so they can cross a Ray actor boundary.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from cluster import AttuneError, UsageError
@@ -15,6 +16,7 @@ class ServeError(AttuneError):
 
     http_status = 500
     code = "internal"
+    retry_after_s: Optional[float] = None
 
     @property
     def message(self) -> str:
@@ -22,6 +24,14 @@ class ServeError(AttuneError):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def headers(self) -> Optional[dict]:
+        headers = {}
+        if self.http_status == 401:
+            headers["www-authenticate"] = "Bearer"
+        if self.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers or None
 
 
 class UnauthorizedError(ServeError):
@@ -64,6 +74,13 @@ class ModelUnavailableError(ServeError):
 
     http_status = 503
     code = "model_unavailable"
+
+    def __init__(self, message: str, retry_after_s: Optional[float] = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))
 
 
 class NotReadyError(ServeError):

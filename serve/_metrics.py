@@ -48,3 +48,11 @@ class ModelMetrics:
 
     def lookup(self, tenant: str, hit: bool) -> None:
         self.cache.inc(1, tags={"tenant": tenant, "result": "hit" if hit else "miss"})
+
+
+class EndpointMetrics(IngressMetrics, ModelMetrics):
+    """Everything an endpoint replica records: requests and latency, model loads and cache lookups."""
+
+    def __init__(self):
+        IngressMetrics.__init__(self)
+        ModelMetrics.__init__(self)

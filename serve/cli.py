@@ -187,8 +187,11 @@ def _status_text(shown: dict) -> str:
     for name, d in shown["deployments"].items():
         lines.append(f"  {name:<12} {d['status']:<10} replicas: {d['replica_states']}")
     for replica in shown["replicas"]:
-        models = ", ".join(replica.get("models", {})) or "-"
-        lines.append(f"  TenantModel replica {replica.get('replica')}: models {models}"
+        models = list(replica.get("models", []))
+        count = replica.get("num_models", len(models))
+        shown_models = ", ".join(models[:8]) + (f", ... ({count} in all)" if count > 8 else "")
+        memory = f"  adapters {replica['adapter_bytes'] / 2**20:.1f} MiB" if "adapter_bytes" in replica else ""
+        lines.append(f"  Endpoint replica {replica.get('replica')}: models {shown_models or '-'}{memory}"
                      + (f"  error: {replica['error']}" if "error" in replica else ""))
     return "\n".join(lines)
 

@@ -49,6 +49,27 @@ def constant_export(tiny_base: Path, directory: Path, answer: str, method: str =
     return directory
 
 
+def random_lora_export(tiny_base: Path, directory: Path, seed: int, labels=tuple(LABELS), rank: int = 8,
+                       max_seq_len: int = 16) -> Path:
+    """A LoRA export whose adapter and head all matter (random lora_A, lora_B and head from ``seed``)."""
+    import torch
+
+    from train._base import load_tokenizer
+    from train.finetune.export import build_manifest, export_model
+    from train.finetune.model import build_classifier
+
+    torch.manual_seed(seed)
+    model = build_classifier(tiny_base, list(labels), method="lora", lora_rank=rank, lora_alpha=2 * rank)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name or "classifier" in name:
+                param.normal_(0, 0.5)
+    manifest = build_manifest(tenant=f"t{seed}", labels=list(labels), base=str(tiny_base), method="lora",
+                              data_hash="x", metrics={}, temperature=1.0, max_seq_len=max_seq_len)
+    export_model(model, load_tokenizer(tiny_base), directory, manifest)
+    return directory
+
+
 def register(reg: Registry, tenant: str, model_dir: Path, promote: bool = True) -> str:
     """Register ``model_dir`` as the tenant's next version (and make it champion); returns the version."""
     version = reg.register_candidate(tenant, model_dir, record(tenant)).version
@@ -64,12 +85,13 @@ def free_port() -> int:
 
 
 def app_spec(reg: Registry, root: Path, keys_url: Optional[str] = None, refresh_s: float = 1.0, **model):
-    """An ``AppSpec`` sized for the shared 2-CPU test Ray: one TenantModel and one Ingress replica,
-    0.25 CPU each, quick load retries; no ``keys_url`` means ``--insecure-no-auth``."""
+    """An ``AppSpec`` sized for the shared 2-CPU test Ray: one endpoint replica with 0.25 CPU, quick
+    load retries; no ``keys_url`` means ``--insecure-no-auth``."""
     from serve._config import AppSpec, ServeConfig
 
-    config = ServeConfig(model={"num_cpus": 0.25, "load_retry_initial_s": 0.5, "load_retry_max_s": 2.0, **model},
-                         ingress={"num_cpus": 0.25}, cache_dir=str(root / "replica-cache"))
+    model = {"num_cpus": 0.25, "load_retry_initial_s": 0.5, "load_retry_max_s": 2.0,
+             "autoscaling": {"min_replicas": 1, "max_replicas": 1}, **model}
+    config = ServeConfig(model=model, cache_dir=str(root / "replica-cache"))
     return AppSpec(config=config, tracking_uri=reg.tracking_uri, artifact_root=reg.artifact_root,
                    keys_url=keys_url, refresh_s=refresh_s, keys_refresh_s=1.0, insecure_no_auth=keys_url is None)
 

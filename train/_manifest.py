@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-MANIFEST = "attune.json"
+from registry import MANIFEST
 
 
 def write_manifest(directory: Path, manifest: dict) -> Path:

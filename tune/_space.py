@@ -8,7 +8,7 @@ A space file maps fine-tuning options to distributions::
     weight_decay: {uniform: [0.0, 0.1]}
     warmup_ratio: 0.1                  # a plain value is fixed for every trial
     head_warmup_steps: {choice: [0, 64]}  # LP-FT: the new head trains alone first
-    lora_rank: {choice: [4, 8, 16]}    # lora_* only with --method lora
+    lora_rank: {choice: [8, 16, 32]}   # lora_* only with --method lora
 
 Every value is checked against the same bounds as the ``attune finetune`` flag of that name,
 before anything runs, and every problem names its key.
@@ -157,12 +157,17 @@ class SearchSpace(BaseModel):
         return {key: dim.describe() for key, dim in self.dimensions().items()}
 
 
-def default_space(method: str = "full", max_epochs: int = 4) -> SearchSpace:
+DEFAULT_MAX_EPOCHS = {"full": 4, "lora": 8}
+
+
+def default_space(method: str = "full", max_epochs: int | None = None) -> SearchSpace:
     """Learning rate (log-uniform), batch size, epochs, weight decay, warm-up; LoRA rank and alpha.
 
-    LoRA trains few parameters from a frozen base, so its learning rates sit about 10x higher.
+    LoRA trains few parameters from a frozen base: its learning rates centre on ``attune finetune``'s
+    LoRA default (2e-3, about 20x full fine-tuning's), and it needs more epochs.
     """
-    low, high = (1e-5, 3e-4) if method == "full" else (5e-5, 2e-3)
+    max_epochs = max_epochs or DEFAULT_MAX_EPOCHS[method]
+    low, high = (1e-5, 3e-4) if method == "full" else (5e-4, 5e-3)
     epochs: Any = max_epochs if max_epochs < 2 else {"randint": [max(1, math.ceil(max_epochs / 2)), max_epochs]}
     values: dict[str, Any] = {
         "lr": {"loguniform": [low, high]},
@@ -172,7 +177,7 @@ def default_space(method: str = "full", max_epochs: int = 4) -> SearchSpace:
         "warmup_ratio": {"uniform": [0.0, 0.2]},
     }
     if method == "lora":
-        values.update(lora_rank={"choice": [4, 8, 16]}, lora_alpha={"choice": [8, 16, 32]})
+        values.update(lora_rank={"choice": [8, 16, 32]}, lora_alpha={"choice": [16, 32, 64]})
     return parse_space(values, "the default space")
 
 

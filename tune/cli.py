@@ -42,8 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers per trial (env ATTUNE_WORKERS)")
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
                    help="DeepSpeed ZeRO stage (env ATTUNE_ZERO_STAGE, default 2)")
-    p.add_argument("--max-epochs", type=int, default=4,
-                   help="the default space's largest epoch count; the fixed count when a space omits epochs")
+    p.add_argument("--max-epochs", type=int, default=None,
+                   help="the default space's largest epoch count; the fixed count when a space omits epochs "
+                        "(default: 4 with --method full, 8 with --method lora)")
     p.add_argument("--max-train-rows", type=int, default=None, help="use only the first N train-split rows")
     p.add_argument("--head-warmup-steps", type=int, default=0,
                    help="every trial's new head first trains alone for N micro-batches, encoder frozen "
@@ -67,10 +68,11 @@ def job_from_args(args: argparse.Namespace, settings):
     from cluster import flag_errors
     from train import ConfigError
     from tune._job import TuneJob
-    from tune._space import default_space, load_space
+    from tune._space import DEFAULT_MAX_EPOCHS, default_space, load_space
 
     method = args.method
-    space = load_space(args.space) if args.space else default_space(method, max(args.max_epochs, 1))
+    max_epochs = args.max_epochs or DEFAULT_MAX_EPOCHS[method]
+    space = load_space(args.space) if args.space else default_space(method, max(max_epochs, 1))
     search = args.search or ("random" if args.scheduler == "pbt" else "optuna")
     values = dict(
         tenant=args.tenant, data=args.data, base=args.base or settings.base, method=method,
@@ -79,7 +81,7 @@ def job_from_args(args: argparse.Namespace, settings):
         max_seq_len=args.max_seq_len, seed=args.seed, patience=args.patience,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
         max_train_rows=args.max_train_rows, head_warmup_steps=args.head_warmup_steps,
-        max_epochs=args.max_epochs, trials=args.trials,
+        max_epochs=max_epochs, trials=args.trials,
         scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         search=search, max_concurrent=args.max_concurrent,
         time_budget_s=args.time_budget_s, metric=args.metric, promote=not args.no_promote,

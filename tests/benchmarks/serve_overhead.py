@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.benchmarks.serve_overhead [--rounds 3] [--sequential 200] [--clients 4]
         [--per-client 50] [--threads 1] [--insecure-no-auth] [--config FILE] [--json PATH]
 
-attune: the real Serve application (Ingress + multiplexed TenantModel; the default serve config, or
+attune: the real Serve application (the Endpoint deployment; the default serve config, or
 ``--config FILE`` as ``attune serve up --config`` takes it) on an
 embedded local Ray, HTTP on 127.0.0.1, one tenant whose champion is a full MiniLM classifier
 (all-MiniLM-L6-v2 with an untrained head, exported as ``attune finetune`` exports it and registered
@@ -96,10 +96,10 @@ def process_env(pid: int) -> dict:
 
 
 def replica_threads() -> str:
-    """OMP_NUM_THREADS in the TenantModel replica's environment (what its torch thread pool follows)."""
+    """OMP_NUM_THREADS in the endpoint replica's environment (what its torch thread pool follows)."""
     from ray import serve as ray_serve
 
-    pid = ray_serve.get_deployment_handle("TenantModel", app_name="attune").stats.remote().result()["pid"]
+    pid = ray_serve.get_deployment_handle("Endpoint", app_name="attune").stats.remote().result()["pid"]
     return process_env(pid).get("OMP_NUM_THREADS", "unset")
 
 

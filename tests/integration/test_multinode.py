@@ -4,7 +4,7 @@ on 127.0.0.1, started once for this module and driven only through the attune CL
 
 - `attune submit --wait -- finetune --workers 2` succeeds, its two workers ran on the two different
   worker nodes (one CPU each, so no node can hold both), and the new version is in the registry.
-- A Serve application with a TenantModel replica on each worker node keeps answering when the node
+- A Serve application with an endpoint replica on each worker node keeps answering when the node
   whose replica holds the tenant's model is SIGKILLed: requests succeed again within 30 s.
 """
 from __future__ import annotations
@@ -18,13 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve._app import APP_NAME
+from serve._app import APP_NAME, DEPLOYMENT
 from tests.services.ray_cluster import LocalCluster, free_port
 from tests.waiting import wait_for
 
 ATTUNE = str(Path(sys.executable).with_name("attune"))
 RECOVERY_S = 30.0
-REPLICA_CLASS = f"ServeReplica:{APP_NAME}:TenantModel"
+REPLICA_CLASS = f"ServeReplica:{APP_NAME}:{DEPLOYMENT}"
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +91,9 @@ def test_serving_survives_losing_a_worker_node(cluster, tiny_base, tmp_path):
     home = tmp_path / "home"
     version = register(sqlite_registry(home), "john", constant_export(tiny_base, tmp_path / "john", "positive"))
     config = tmp_path / "serve.yaml"
-    config.write_text(  # one model replica per worker node (1 CPU each); ingress replicas need no CPU
+    config.write_text(  # one endpoint replica per worker node (1 CPU each)
         "model: {num_cpus: 1, autoscaling: {min_replicas: 2, max_replicas: 2}, load_retry_initial_s: 0.5,"
-        " load_retry_max_s: 2.0}\ningress: {num_cpus: 0, autoscaling: {min_replicas: 2, max_replicas: 2}}\n"
+        " load_retry_max_s: 2.0}\n"
         f"cache_dir: {tmp_path / 'cache'}\n")
     env = cluster.client_env(ATTUNE_HOME=str(home), ATTUNE_SERVE_REFRESH_S="1")
     port = free_port()
@@ -101,7 +101,7 @@ def test_serving_survives_losing_a_worker_node(cluster, tiny_base, tmp_path):
     up = json_lines(attune(env, "serve", "up", "--detach", "--insecure-no-auth", "--port", str(port),
                            "--config", str(config), "--json").stdout)[-1]
     url = up["url"]
-    replicas = wait_for(lambda: _replicas_on_two_nodes(cluster), 90, "a TenantModel replica on each worker node",
+    replicas = wait_for(lambda: _replicas_on_two_nodes(cluster), 90, "an endpoint replica on each worker node",
                         interval_s=0.5)
     with httpx.Client(base_url=url, timeout=RECOVERY_S + 10) as client:
         assert _predict(client) == (200, "positive", version)
@@ -149,7 +149,7 @@ def _replicas_on_two_nodes(cluster) -> list[dict]:
 def _replica_holding(env: dict, replicas: list[dict], model_id: str) -> dict:
     """The replica (name, pid, node) that has loaded ``model_id``, from `attune serve status`."""
     shown = json_lines(attune(env, "serve", "status", "--json").stdout)[-1]
-    pids = {r["pid"] for r in shown["replicas"] if model_id in r.get("models", {})}
+    pids = {r["pid"] for r in shown["replicas"] if any(k.startswith(f"{model_id}:") for k in r.get("models", {}))}
     holders = [r for r in replicas if r["pid"] in pids]
     assert holders, f"no replica reports {model_id}: {shown['replicas']}"
     return holders[0]

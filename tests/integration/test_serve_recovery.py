@@ -1,4 +1,4 @@
-"""A killed replica recovers: SIGKILL the TenantModel replica's process while clients send requests;
+"""A killed replica recovers: SIGKILL the endpoint replica's process while clients send requests;
 requests succeed again within 30 s, answered by a new replica process.
 
 One constant-answer tenant on the tiny base, auth off, HTTP on 127.0.0.1; the load loop is bounded
@@ -17,13 +17,13 @@ import ray
 from ray import serve as ray_serve
 from ray.util.state import list_actors
 
-from serve._app import APP_NAME
+from serve._app import APP_NAME, DEPLOYMENT
 from tests.registry_helpers import sqlite_registry
 from tests.serve_helpers import app_spec, constant_export, register, running_app
 from tests.waiting import wait_for
 
 RECOVERY_S = 30.0
-REPLICA_CLASS = f"ServeReplica:{APP_NAME}:TenantModel"
+REPLICA_CLASS = f"ServeReplica:{APP_NAME}:{DEPLOYMENT}"
 NUM_CLIENTS = 2
 MAX_REQUESTS_PER_CLIENT = 400
 REQUEST_INTERVAL_S = 0.1  # about 10 req/s per client while the replica is up
@@ -45,7 +45,7 @@ def _alive_replica_pids() -> list[int]:
 
 
 def _replica_pid() -> int:
-    handle = ray_serve.get_deployment_handle("TenantModel", app_name=APP_NAME)
+    handle = ray_serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME)
     return int(handle.stats.remote().result(timeout_s=30)["pid"])
 
 
@@ -100,7 +100,7 @@ class LoadLoop:
 def test_killed_replica_recovers_within_30s(app):
     client, version = app
     old_pid = wait_for(lambda: _alive_replica_pids() == [_replica_pid()] and _replica_pid(), 30,
-                       "one live TenantModel replica whose actor pid matches its own os.getpid()")
+                       "one live endpoint replica whose actor pid matches its own os.getpid()")
     with LoadLoop(str(client.base_url), limit_s=RECOVERY_S + 20) as load:
         wait_for(lambda: sum(r[2] == 200 for r in load.results) >= 10, 15, "10 answered requests before the kill")
         killed_at = time.monotonic()

@@ -91,8 +91,8 @@ def test_finetune_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--lr LR peak learning rate (default: 0.0001)" in out
-    assert "--epochs EPOCHS maximum epochs (early stopping may end sooner) (default: 5)" in out
+    assert "--batch-size BATCH_SIZE per-worker micro-batch size (default: 16)" in out
+    assert "--lr LR peak learning rate (default: 1e-4 with --method full, 2e-3 with --method lora)" in out
 
 
 def test_cluster_imports_no_other_package():

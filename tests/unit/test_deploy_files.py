@@ -285,9 +285,11 @@ def test_rayservice_application_imports_and_builds_with_its_args(monkeypatch):
     parse_config(app["args"])  # attune's own config model accepts the args
     builder = import_attr(app["import_path"])
     built = build_app(call_user_app_builder_with_args_if_necessary(builder, app["args"]), name=app["name"])
-    assert built.ingress_deployment_name == "Ingress"
+    from serve._app import DEPLOYMENT
+
+    assert built.ingress_deployment_name == DEPLOYMENT  # one deployment serves HTTP and holds the models
     options = {d.name: d.ray_actor_options for d in built.deployments}
-    assert options["TenantModel"]["num_cpus"] == app["args"]["model"]["num_cpus"]
+    assert list(options) == [DEPLOYMENT] and options[DEPLOYMENT]["num_cpus"] == app["args"]["model"]["num_cpus"]
     with pytest.raises(Exception, match="max_replicas"):
         call_user_app_builder_with_args_if_necessary(builder, {"model": {"autoscaling": {"max_replicas": 0}}})
 
@@ -298,9 +300,8 @@ def test_rayservice_autoscaling_fits_its_worker_group():
     types = _derived("svc", spec["rayClusterConfig"])["available_node_types"]
     group = spec["rayClusterConfig"]["workerGroupSpecs"][0]
     cpus_per_pod = types[group["groupName"]]["resources"]["CPU"]
-    model, ingress = args["model"], args["ingress"]
+    model = args["model"]
     assert model["autoscaling"]["min_replicas"] < model["autoscaling"]["max_replicas"]  # Serve autoscaling is on
-    peak = (model["autoscaling"]["max_replicas"] * model["num_cpus"]
-            + ingress["autoscaling"]["max_replicas"] * ingress["num_cpus"])
+    peak = model["autoscaling"]["max_replicas"] * model["num_cpus"]
     assert peak <= group["maxReplicas"] * cpus_per_pod, "max replicas need more CPUs than the group can add"
     assert model["num_cpus"] <= cpus_per_pod

@@ -15,8 +15,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "serve" / "configs"
 def test_defaults_match_the_issue():
     cfg = ServeConfig()
     assert (cfg.ingress.max_body_bytes, cfg.ingress.max_texts, cfg.ingress.max_chars) == (1024 * 1024, 64, 10_000)
-    assert cfg.model.autoscaling.ray_options() == {"min_replicas": 1, "max_replicas": 1,
-                                                   "target_ongoing_requests": 2.0}
+    # the endpoint scales out by default (min 1, max above 1), and a replica holds thousands of adapters
+    assert cfg.model.autoscaling.ray_options() == {"min_replicas": 1, "max_replicas": 2,
+                                                   "target_ongoing_requests": 8.0}
+    assert cfg.model.adapter_cache_mib == 1024 and cfg.model.cross_tenant_batching is True
+    assert cfg.model.batch_wait_timeout_s == 0.0  # a lone request never waits for a batch to fill
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
@@ -28,7 +31,7 @@ def test_every_shipped_config_loads(path):
 
 def test_example_sets_the_autoscaling_it_documents():
     cfg = load_config(CONFIG_DIR / "example.yaml")
-    assert cfg.model.autoscaling.max_replicas == 4 and cfg.ingress.autoscaling.target_ongoing_requests == 8.0
+    assert cfg.model.autoscaling.max_replicas == 4 and cfg.model.autoscaling.target_ongoing_requests == 8.0
 
 
 def test_every_problem_is_reported_with_its_key():

@@ -18,8 +18,10 @@ def register_finetune(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, help="Ray Train workers (env ATTUNE_WORKERS, default 2)")
     p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None,
                    help="DeepSpeed ZeRO stage (env ATTUNE_ZERO_STAGE, default 2)")
-    p.add_argument("--epochs", type=int, default=5, help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs, early stopping may end sooner "
+                   "(default: 5 with --method full, 10 with --method lora)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: 1e-4 with --method full, 2e-3 with --method lora)")
     p.add_argument("--batch-size", type=int, default=16, help="per-worker micro-batch size")
     p.add_argument("--max-seq-len", type=int, default=64, help="tokens per text (longer texts are truncated)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, dropout and the new head")
@@ -32,8 +34,11 @@ def register_finetune(subparsers) -> None:
     p.add_argument("--head-warmup-steps", type=int, default=0,
                    help="micro-batches the new head trains alone, encoder frozen, before fine-tuning (LP-FT; "
                         "0: off)")
-    p.add_argument("--lora-rank", type=int, default=8, help="LoRA rank (--method lora)")
-    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (--method lora)")
+    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (--method lora; default: 16)")
+    p.add_argument("--lora-alpha", type=int, default=None, help="LoRA alpha (--method lora; default: 32)")
+    p.add_argument("--lora-targets", type=lambda text: [t for t in text.split(",") if t], default=None,
+                   metavar="NAMES", help="comma-separated modules that get LoRA adapters (--method lora; default: "
+                                         "the base's attention projections, query,key,value on BERT)")
     p.add_argument("--max-failures", type=int, default=None,
                    help="worker-group restarts from the last checkpoint (env ATTUNE_MAX_FAILURES, default 2)")
     p.add_argument("--max-train-rows", type=int, default=None,
@@ -75,7 +80,7 @@ def finetune_config_from_args(args: argparse.Namespace, settings):
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_seq_len=args.max_seq_len,
         seed=args.seed, out=args.out, patience=args.patience, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, head_warmup_steps=args.head_warmup_steps,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets,
         max_failures=settings.max_failures if args.max_failures is None else args.max_failures,
         max_train_rows=args.max_train_rows, promote=not args.no_promote,
         promotion_margin=args.promotion_margin, promotion_floor=args.promotion_floor,

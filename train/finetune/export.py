@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from pathlib import Path
 
 from cluster import attune_version
-from train._errors import TrainError
-from train._manifest import MANIFEST, write_manifest
-
-MANIFEST_KEYS = ("tenant", "labels", "base", "method", "data_hash", "metrics", "temperature",
-                 "attune_version", "created_at")
+from registry import InvalidModelDirError
+from registry import read_manifest as registry_read_manifest
+from train._errors import ConfigError
+from train._manifest import write_manifest
 
 
 def build_manifest(*, tenant: str, labels: list[str], base: str, method: str, data_hash: str,
@@ -42,14 +40,8 @@ def export_model(model, tokenizer, out_dir: Path, manifest: dict) -> Path:
 
 
 def read_manifest(model_dir: Path) -> dict:
-    path = Path(model_dir) / MANIFEST
-    if not path.is_file():
-        raise TrainError(
-            f"{model_dir} is not an attune model directory: {MANIFEST} is missing. "
-            "Pass the model_dir printed by `attune finetune`."
-        )
-    manifest = json.loads(path.read_text())
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise TrainError(f"{path} lacks the keys {missing}; re-export the model with this attune version")
-    return manifest
+    """The export's ``attune.json``, checked by the registry's rules (``registry.read_manifest``)."""
+    try:
+        return registry_read_manifest(model_dir)
+    except InvalidModelDirError as exc:
+        raise ConfigError(str(exc)) from None

@@ -83,7 +83,7 @@ def _new_model(cfg: FinetuneConfig, base_dir: Path, labels: list[str]):
 
     torch.manual_seed(cfg.seed)  # the same weights on every rank and every attempt (LoRA's too)
     return build_classifier(base_dir, labels, method=cfg.method, seed=cfg.seed, lora_rank=cfg.lora_rank,
-                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+                            lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lora_targets=cfg.lora_targets)
 
 
 def _encode(tokenizer, rows: list, max_seq_len: int):

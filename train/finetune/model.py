@@ -9,7 +9,8 @@ from train._errors import BaseModelError
 
 
 def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full", seed: int = 0,
-                     lora_rank: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.1):
+                     lora_rank: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.1,
+                     lora_targets: Optional[list[str]] = None):
     """A sequence classifier over ``base_dir`` with a fresh head for ``labels``, drawn from ``seed``.
 
     ``method="lora"`` wraps the encoder in PEFT LoRA adapters on the attention
@@ -27,7 +28,7 @@ def build_classifier(base_dir: Path, labels: list[str], *, method: str = "full",
     )
     draw_new_weights(model, info["missing_keys"], seed)
     if method == "lora":
-        model = _wrap_lora(model, lora_rank, lora_alpha, lora_dropout)
+        model = _wrap_lora(model, lora_rank, lora_alpha, lora_dropout, lora_targets)
     return model
 
 
@@ -80,17 +81,30 @@ def lora_target_modules(model) -> list[str]:
     raise BaseModelError("cannot find attention projections for LoRA in this base model; use --method full")
 
 
-def _wrap_lora(model, rank: int, alpha: int, dropout: float):
+def _wrap_lora(model, rank: int, alpha: int, dropout: float, targets: Optional[list[str]] = None):
     from peft import LoraConfig, TaskType, get_peft_model
+
+    if targets:
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        unknown = [t for t in targets if t not in names]
+        if unknown:
+            raise BaseModelError(f"--lora-targets {','.join(unknown)}: no such module in this base; its linear "
+                                 f"layers include {', '.join(sorted(_linear_names(model))[:12])}")
 
     config = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=rank,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=lora_target_modules(model),
+        target_modules=targets or lora_target_modules(model),
     )
     return get_peft_model(model, config)
+
+
+def _linear_names(model) -> set[str]:
+    from torch import nn
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
 def load_exported_classifier(model_dir: Path, manifest: dict, base_dir: Optional[Path] = None):

@@ -1,14 +1,22 @@
-"""The HTTP ingress: FastAPI behind ``@ray_serve.ingress``. Authenticates, validates, resolves the
-tenant's champion (TTL cache) and calls ``TenantModel`` with ``multiplexed_model_id="<tenant>:<version>"``.
+"""The endpoint: one Ray Serve deployment that serves the HTTP API and holds the tenant models.
+
+A request crosses Serve's HTTP proxy and one replica, which authenticates, validates, resolves the
+tenant's champion (TTL cache), pins its model (``serve._cache``), and adds it to the replica's next
+batch (``serve._batch``). Any replica can serve any tenant: LoRA tenants load as small adapters onto
+the replica's shared base, so Serve's proxy spreads requests over the replicas by their load.
 
 Routes: ``POST /v1/tenants/{tenant}/predict``, ``GET /v1/tenants/{tenant}``, ``GET /healthz``,
 ``GET /readyz``, ``GET /docs`` (the OpenAPI document as JSON; Swagger UI for browsers) and
-``GET /openapi.json``. Every error is ``{"error": {"code", "message"}}``.
+``GET /openapi.json``. Every error is ``{"error": {"code", "message"}}``; a 503 the client may retry
+carries ``Retry-After``.
 """
 
 import asyncio
 import logging
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Optional
 
 from fastapi import FastAPI, Request
@@ -19,20 +27,26 @@ from ray import serve as ray_serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve._auth import Authenticator, authorize
+from serve._backoff import LoadBackoff
+from serve._batch import Request as BatchRequest
+from serve._batch import run_batch
+from serve._cache import ModelCache
 from serve._champions import ChampionCache
 from serve._config import AppSpec
-from serve._errors import InvalidRequestError, NotReadyError, ServeError, as_serve_error
-from serve._metrics import IngressMetrics
+from serve._errors import InvalidRequestError, ServeError
+from serve._metrics import EndpointMetrics
 from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body, read_limited
 
 logger = logging.getLogger("attune.serve")
 VERSION_HEADER = "x-attune-model-version"
-READY_TIMEOUT_S = 5.0
+CHECKSUM_TAG = "attune.checksum"
+STATUS_MODELS = 200  # model keys a replica reports to `attune serve status`
 
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
     (401, "key missing or invalid"), (403, "a valid key for another tenant"), (404, "unknown tenant"),
     (409, "the tenant has no champion"), (413, "body larger than the limit"), (422, "invalid body"),
-    (503, "the tenant's model failed to load"))}
+    (429, "too many requests waiting; retry after Retry-After seconds"),
+    (503, "the tenant's model failed to load; retry after Retry-After seconds"))}
 
 app = FastAPI(title="attune", version="1", docs_url=None, redoc_url=None,
               description="Every tenant's calibrated classifier behind one endpoint. "
@@ -41,8 +55,7 @@ app = FastAPI(title="attune", version="1", docs_url=None, redoc_url=None,
 
 @app.exception_handler(ServeError)
 async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
-    headers = {"www-authenticate": "Bearer"} if exc.http_status == 401 else None
-    return JSONResponse(exc.body(), status_code=exc.http_status, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.http_status, headers=exc.headers())
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -63,27 +76,62 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
                         status_code=500)
 
 
-@ray_serve.deployment(name="Ingress")
-@ray_serve.ingress(app)
-class Ingress:
-    """One ingress replica: a key cache, a champion cache and a handle to ``TenantModel``."""
+# Helpers are defined before the class: Serve pickles the class by value when it is decorated.
+def _warm_imports() -> None:
+    import safetensors.torch  # noqa: F401
+    from transformers import AutoTokenizer, BertModel  # noqa: F401
 
-    def __init__(self, model_handle, spec: dict):
+
+def _device(num_gpus: float) -> str:
+    if num_gpus > 0:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    return "cpu"
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@ray_serve.deployment(name="Endpoint")
+@ray_serve.ingress(app)
+class Endpoint:
+    """One replica: keys, champions, the tenant models it holds, and its batches."""
+
+    def __init__(self, spec: dict):
         from registry import Registry
 
         self.spec = AppSpec(**spec)
-        self.model = model_handle
+        cfg = self.spec.config.model
+        _warm_imports()  # so the first request does not pay for importing transformers and safetensors
         self.registry = Registry(self.spec.tracking_uri, self.spec.artifact_root)
         self.champions = ChampionCache(self.registry.champion, self.spec.refresh_s)
-        store = None
-        if not self.spec.insecure_no_auth:
-            from serve._keys import KeyStore
+        self.auth = Authenticator(self._key_store(), self.spec.keys_refresh_s,
+                                  insecure_no_auth=self.spec.insecure_no_auth)
+        self.metrics = EndpointMetrics()
+        self.replica_id = ray_serve.get_replica_context().replica_id.unique_id
+        root = Path(self.spec.config.cache_dir or Path(tempfile.gettempdir()) / "attune-serve-cache")
+        self.models = ModelCache(self._download, device=_device(cfg.num_gpus),
+                                 adapter_budget_bytes=int(cfg.adapter_cache_mib * 2**20),
+                                 max_full_models=cfg.max_models_per_replica, load_timeout_s=cfg.load_timeout_s,
+                                 backoff=LoadBackoff(cfg.load_retry_initial_s, cfg.load_retry_max_s),
+                                 max_seq_len=cfg.max_seq_len, scratch=root / self.replica_id,
+                                 on_load=self.metrics.loaded, on_lookup=self.metrics.lookup)
+        self.cross_tenant = cfg.cross_tenant_batching
+        self.served = 0
+        self._batch.set_max_batch_size(cfg.max_batch_size)
+        self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-            store = KeyStore(self.spec.keys_url)
-        else:
+    def _key_store(self):
+        if self.spec.insecure_no_auth:
             logger.warning("AUTHENTICATION IS DISABLED (--insecure-no-auth): anyone can call every tenant")
-        self.auth = Authenticator(store, self.spec.keys_refresh_s, insecure_no_auth=self.spec.insecure_no_auth)
-        self.metrics = IngressMetrics()
+            return None
+        from serve._keys import KeyStore
+
+        return KeyStore(self.spec.keys_url)
 
     @app.post("/v1/tenants/{tenant}/predict", response_model=PredictResponse, responses=_ERRORS,
               openapi_extra={"requestBody": {"required": True, "content": {
@@ -99,11 +147,7 @@ class Ingress:
                                      limits.max_body_bytes)
             texts = parse_predict_body(raw, max_texts=limits.max_texts, max_chars=limits.max_chars)
             info = await self._champion(tenant)
-            try:
-                predictions = await self.model.options(
-                    multiplexed_model_id=f"{tenant}:{info.version}").predict.remote(texts)
-            except Exception as exc:  # noqa: BLE001 - replica errors arrive wrapped by Ray
-                raise as_serve_error(exc) from None
+            predictions = await self._predict(tenant, info, texts)
             status = 200
             return JSONResponse({"tenant": tenant, "model_version": info.version, "predictions": predictions},
                                 headers={VERSION_HEADER: info.version})
@@ -112,6 +156,18 @@ class Ingress:
             raise
         finally:
             self.metrics.observe(tag, status, (time.perf_counter() - started) * 1000)
+
+    async def _predict(self, tenant: str, info, texts: list[str]) -> list[dict]:
+        model = await self.models.acquire(tenant, info.version, info.tags.get(CHECKSUM_TAG))
+        try:
+            return await self._batch(BatchRequest(model=model, texts=texts, temperature=info.temperature))
+        finally:
+            self.models.release(model)
+            self.served += 1
+
+    @ray_serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # both set from the config in __init__
+    async def _batch(self, requests: list[BatchRequest]) -> list[list[dict]]:
+        return await asyncio.to_thread(run_batch, requests, self.cross_tenant)
 
     @app.get("/v1/tenants/{tenant}", response_model=TenantInfo, responses=_ERRORS,
              summary="The tenant's champion version, labels, test metrics and promotion time")
@@ -127,13 +183,9 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="200 once a TenantModel replica answers", responses={503: {"model": ErrorBody}})
+    @app.get("/readyz", summary="200 once a replica serves requests", responses={503: {"model": ErrorBody}})
     async def readyz(self) -> dict:
-        try:
-            await asyncio.wait_for(self.model.ready.remote(), timeout=READY_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            raise NotReadyError(f"no healthy TenantModel replica yet: {type(exc).__name__}") from None
-        return {"status": "ready"}
+        return {"status": "ready"}  # a request only reaches a replica that finished starting
 
     @app.get("/docs", include_in_schema=False)
     async def docs(self, request: Request):
@@ -154,3 +206,19 @@ class Ingress:
             return self.champions.get(tenant)
         return await asyncio.to_thread(self.champions.get, tenant)
 
+    def _download(self, tenant: str, version: str, dest: Path) -> Path:
+        path, _ = self.registry.download(tenant, version, dest)
+        return path
+
+    async def stats(self) -> dict:
+        """This replica's models (each with its slot and pins), bases and counters (tests, benchmarks)."""
+        return {"replica": self.replica_id, "pid": os.getpid(), "served": self.served,
+                "rss_bytes": _rss_bytes(), **self.models.stats()}
+
+    async def record_routing_stats(self) -> dict:
+        """Serve's per-replica stats hook (Serve's controller asks every few seconds, and ``attune serve
+        status`` reads it from each replica actor): :meth:`stats` with the models as a list of keys, at
+        most ``STATUS_MODELS`` of them, so that it stays small with thousands of tenants."""
+        stats = await self.stats()
+        models = list(stats.pop("models"))
+        return {**stats, "num_models": len(models), "models": models[:STATUS_MODELS]}
