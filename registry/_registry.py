@@ -34,6 +34,7 @@ from registry._names import (
     TAG_PROMOTED,
     TAG_PROMOTED_AT,
     TAG_REASON,
+    TENANT_PREFIX,
     tenant_model_name,
     tenant_of,
 )
@@ -264,6 +265,23 @@ class Registry:
         for info in infos:  # search results do not carry aliases; the registered model does
             info.aliases = sorted(a for a, v in aliases.items() if str(v) == info.version)
         return infos
+
+    def champion_versions(self) -> dict[str, str]:
+        """Every tenant's champion version, in one query: what a serving replica refreshes."""
+        direct = store.aliases_in_one_query(self.client, CHAMPION, TENANT_PREFIX)
+        if direct is not None:
+            return {tenant_of(name): version for name, version in direct.items()}
+        found, token = {}, None
+        while True:
+            page = self.client.search_registered_models(filter_string="name LIKE 'tenant.%'",
+                                                        max_results=1000, page_token=token)
+            for model in page:
+                version = (model.aliases or {}).get(CHAMPION)
+                if version is not None:
+                    found[tenant_of(model.name)] = str(version)
+            token = page.token
+            if not token:
+                return found
 
     def list_tenants(self) -> list[dict]:
         """One row per tenant: champion version and its test metrics (None without a champion)."""

@@ -41,6 +41,30 @@ def make_client(tracking_uri: str):
     return GuardedClient(client, tracking_uri)
 
 
+def aliases_in_one_query(client, alias: str, prefix: str) -> Optional[dict[str, str]]:
+    """``{registered model name: version}`` of every model named ``prefix...`` that has ``alias``, in one
+    SQL query, when the registry is a database store (MLflow's own alias table, through its store and
+    its workspace filter); None for any other store, or if MLflow's internals moved: the caller then
+    uses the public API. A replica refreshes a thousand tenants' champions this way in milliseconds
+    instead of the better part of a second."""
+    try:
+        from mlflow.store.model_registry.dbmodels.models import SqlRegisteredModelAlias as Alias
+
+        store = client._get_registry_client().store
+        if not hasattr(store, "ManagedSessionMaker"):
+            return None
+        with store.ManagedSessionMaker() as session:
+            rows = (store._get_query(session, Alias)
+                    .filter(Alias.alias == alias, Alias.name.like(prefix + "%"))
+                    .with_entities(Alias.name, Alias.version).all())
+        return {name: str(version) for name, version in rows}
+    except RegistryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow's internals changed: the public API still works
+        logger.debug("alias query through MLflow's store failed (%s); using search_registered_models", exc)
+        return None
+
+
 # Words of driver and HTTP errors that mean the store is not there (as opposed to a bad request).
 _UNAVAILABLE = ("connection refused", "could not connect", "failed to establish a new connection",
                 "max retries exceeded", "name or service not known", "could not translate host name",

@@ -1,9 +1,10 @@
-"""Which version serves a tenant: the registry's ``champion`` alias, cached for ``ATTUNE_SERVE_REFRESH_S``."""
+"""Which version serves a tenant: the registry's ``champion`` alias, followed within ``ATTUNE_SERVE_REFRESH_S``."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from serve._errors import ServeError, from_registry_error
 
@@ -52,3 +53,56 @@ class ChampionCache:
         entry = (self.clock() + self.ttl_s, value)
         self._entries[tenant] = entry
         return entry
+
+
+class ChampionDirectory:
+    """Which version serves each tenant, for a fleet: one registry query for every tenant's champion
+    every ``ttl_s`` (in the background; requests never wait for it once it has run once), and each
+    version's details fetched once. Looking up thousands of tenants one by one, each every ``ttl_s``,
+    would cost the replica more than its models do.
+
+    A tenant the last snapshot does not hold (a new one, or one without a champion, or unknown) is
+    resolved on its own through :class:`ChampionCache`, which also caches the 404 and 409 answers.
+    When the registry cannot be read, the last snapshot keeps serving and the failure is logged.
+    """
+
+    def __init__(self, registry, ttl_s: float, clock: Callable[[], float] = time.monotonic,
+                 max_versions: int = 100_000):
+        from cachetools import LRUCache
+
+        self.registry, self.ttl_s, self.clock = registry, ttl_s, clock
+        self.versions: dict[str, str] = {}
+        self.taken_at: Optional[float] = None
+        self.infos = LRUCache(maxsize=max_versions)  # (tenant, version) -> VersionInfo; a version never changes
+        self.fallback = ChampionCache(registry.champion, ttl_s, clock)
+        self._refresh: Optional[asyncio.Future] = None
+
+    async def get(self, tenant: str):
+        """The champion's ``VersionInfo``, or the :class:`ServeError` the registry's answer maps to."""
+        stale = self.taken_at is None or self.clock() - self.taken_at >= self.ttl_s
+        if stale and self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._refreshed())
+        if self.taken_at is None:  # the first snapshot: wait for it (every other one runs in the background)
+            await asyncio.shield(self._refresh)
+        version = self.versions.get(tenant)
+        if version is None:
+            return self.fallback.get(tenant) if self.fallback.fresh(tenant) else \
+                await asyncio.to_thread(self.fallback.get, tenant)
+        info = self.infos.get((tenant, version))
+        if info is None:
+            info = await asyncio.to_thread(self.registry.get_version, tenant, version)
+            self.infos[(tenant, version)] = info
+        return info
+
+    async def _refreshed(self) -> None:
+        try:
+            self.versions = await asyncio.to_thread(self.registry.champion_versions)
+            self.taken_at = self.clock()
+        except Exception as exc:  # noqa: BLE001 - the last snapshot serves on
+            if self.taken_at is None:
+                raise ServeError(f"cannot read the model registry: {exc}") from exc
+            logger.warning("registry unreadable (%s); serving the champions of %.0fs ago a while longer", exc,
+                           self.clock() - self.taken_at)
+            self.taken_at = self.clock()
+        finally:
+            self._refresh = None

@@ -53,8 +53,9 @@ class ModelConfig(BaseModel):
                                         "share a forward pass; false batches each tenant on its own")
     max_batch_size: int = Field(default=16, ge=1, description="requests batched together")
     batch_wait_timeout_s: float = Field(
-        default=0.0, ge=0, le=1.0, description="how long a batch waits to fill; 0 batches only the requests "
-                                               "already queued, so a lone request never waits")
+        default=0.0, ge=0, le=1.0, description="a fixed wait for a batch to fill, even for a lone request; 0: none")
+    batch_gather_s: float = Field(default=0.01, ge=0, le=1.0, description="how long a batch waits for the "
+                                  "requests the replica is already handling; a lone request never waits")
     max_ongoing_requests: int = Field(default=64, ge=1, description="requests a replica takes at once")
     max_queued_requests: int = Field(default=256, ge=1, description="requests waiting for a replica, per HTTP "
                                      "proxy; beyond, 429 with Retry-After")

@@ -30,8 +30,9 @@ from serve._auth import Authenticator, authorize
 from serve._backoff import LoadBackoff
 from serve._batch import Request as BatchRequest
 from serve._batch import run_batch
+from serve._batcher import Batcher
 from serve._cache import ModelCache
-from serve._champions import ChampionCache
+from serve._champions import ChampionDirectory
 from serve._config import AppSpec
 from serve._errors import InvalidRequestError, ServeError
 from serve._metrics import EndpointMetrics
@@ -108,7 +109,7 @@ class Endpoint:
         cfg = self.spec.config.model
         _warm_imports()  # so the first request does not pay for importing transformers and safetensors
         self.registry = Registry(self.spec.tracking_uri, self.spec.artifact_root)
-        self.champions = ChampionCache(self.registry.champion, self.spec.refresh_s)
+        self.champions = ChampionDirectory(self.registry, self.spec.refresh_s)
         self.auth = Authenticator(self._key_store(), self.spec.keys_refresh_s,
                                   insecure_no_auth=self.spec.insecure_no_auth)
         self.metrics = EndpointMetrics()
@@ -120,10 +121,10 @@ class Endpoint:
                                  backoff=LoadBackoff(cfg.load_retry_initial_s, cfg.load_retry_max_s),
                                  max_seq_len=cfg.max_seq_len, scratch=root / self.replica_id,
                                  on_load=self.metrics.loaded, on_lookup=self.metrics.lookup)
-        self.cross_tenant = cfg.cross_tenant_batching
+        cross_tenant = cfg.cross_tenant_batching
+        self.batcher = Batcher(lambda requests: run_batch(requests, cross_tenant), max_batch_size=cfg.max_batch_size,
+                               wait_s=cfg.batch_wait_timeout_s, gather_s=cfg.batch_gather_s)
         self.served = 0
-        self._batch.set_max_batch_size(cfg.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     def _key_store(self):
         if self.spec.insecure_no_auth:
@@ -139,6 +140,8 @@ class Endpoint:
               summary="Calibrated predictions from the tenant's champion model")
     async def predict(self, tenant: str, request: Request) -> JSONResponse:
         started, status, tag = time.perf_counter(), 500, "_unauthorized"  # no free-form tags before auth
+        self.batcher.expect()  # the batcher may wait for this request; _predict takes the count over
+        counted = True
         try:
             await self._authorize(request, tenant)
             tag = tenant
@@ -147,6 +150,7 @@ class Endpoint:
                                      limits.max_body_bytes)
             texts = parse_predict_body(raw, max_texts=limits.max_texts, max_chars=limits.max_chars)
             info = await self._champion(tenant)
+            counted = False
             predictions = await self._predict(tenant, info, texts)
             status = 200
             return JSONResponse({"tenant": tenant, "model_version": info.version, "predictions": predictions},
@@ -155,19 +159,25 @@ class Endpoint:
             status = exc.http_status
             raise
         finally:
+            if counted:
+                self.batcher.gone()
             self.metrics.observe(tag, status, (time.perf_counter() - started) * 1000)
 
     async def _predict(self, tenant: str, info, texts: list[str]) -> list[dict]:
-        model = await self.models.acquire(tenant, info.version, info.tags.get(CHECKSUM_TAG))
+        """Pin the model, join the next batch, release. Until it joins, the request counts as arriving
+        (the batcher waits a little for such requests rather than starting a batch without them)."""
+        joined = False
         try:
-            return await self._batch(BatchRequest(model=model, texts=texts, temperature=info.temperature))
+            model = await self.models.acquire(tenant, info.version, info.tags.get(CHECKSUM_TAG))
+            try:
+                joined = True
+                return await self.batcher.submit(BatchRequest(model=model, texts=texts, temperature=info.temperature))
+            finally:
+                self.models.release(model)
+                self.served += 1
         finally:
-            self.models.release(model)
-            self.served += 1
-
-    @ray_serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # both set from the config in __init__
-    async def _batch(self, requests: list[BatchRequest]) -> list[list[dict]]:
-        return await asyncio.to_thread(run_batch, requests, self.cross_tenant)
+            if not joined:
+                self.batcher.gone()
 
     @app.get("/v1/tenants/{tenant}", response_model=TenantInfo, responses=_ERRORS,
              summary="The tenant's champion version, labels, test metrics and promotion time")
@@ -202,9 +212,7 @@ class Endpoint:
         authorize(principal, tenant)
 
     async def _champion(self, tenant: str):
-        if self.champions.fresh(tenant):
-            return self.champions.get(tenant)
-        return await asyncio.to_thread(self.champions.get, tenant)
+        return await self.champions.get(tenant)
 
     def _download(self, tenant: str, version: str, dest: Path) -> Path:
         path, _ = self.registry.download(tenant, version, dest)
@@ -213,7 +221,7 @@ class Endpoint:
     async def stats(self) -> dict:
         """This replica's models (each with its slot and pins), bases and counters (tests, benchmarks)."""
         return {"replica": self.replica_id, "pid": os.getpid(), "served": self.served,
-                "rss_bytes": _rss_bytes(), **self.models.stats()}
+                "batches": dict(self.batcher.stats), "rss_bytes": _rss_bytes(), **self.models.stats()}
 
     async def record_routing_stats(self) -> dict:
         """Serve's per-replica stats hook (Serve's controller asks every few seconds, and ``attune serve

@@ -35,7 +35,7 @@ class FullModel:
 
         input_ids, mask = encode(self.tokenizer, texts, max_seq_lens)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             if not self.mean_pooled:
                 logits = self.model(input_ids=input_ids, attention_mask=mask).logits
             else:

@@ -28,7 +28,7 @@ from torch import nn
 from serve._artifacts import LoraAdapter
 from serve._errors import ModelUnavailableError
 
-GROW_SLOTS = 64  # the first slots; the stacks then grow by half (at most to ``max_slots``)
+GROW_SLOTS = 64  # slots added at a time when the cache set no ``max_slots``
 
 
 class LoraBank:
@@ -96,11 +96,9 @@ class LoraBank:
                 self.free.append(slot)
 
     def _take_slot(self) -> int:
-        if not self.free:
-            grown = self.capacity + max(GROW_SLOTS, self.capacity // 2)
-            if self.max_slots is not None:
-                grown = max(self.capacity + 1, min(grown, self.max_slots))
-            self._resize(capacity=grown)
+        if not self.free:  # the stacks are allocated for every slot the budget allows, once; their memory
+            # is only taken (by the OS) as slots are written, so a new adapter never copies the others
+            self._resize(capacity=max(self.capacity + 1, self.max_slots or self.capacity + GROW_SLOTS))
         slot = self.free.pop()
         self.used.add(slot)
         return slot
@@ -123,16 +121,19 @@ class LoraBank:
             self._resize(capacity=self.capacity)
 
     def _resize(self, capacity: int) -> None:
-        """Reallocate every stack at ``capacity`` slots and the current rank and label count; keeps the
-        slots' contents (zero-padded)."""
+        """Reallocate every stack at ``capacity`` slots and the current rank and label count; the used
+        slots keep their contents, zero-padded. Unused slots are left unwritten (``add`` clears a slot)."""
+        used = torch.tensor(sorted(self.used), dtype=torch.long)
         for layer in self.layers.values():
-            layer.resize(capacity, self.rank)
-        weight = torch.zeros(capacity, self.num_labels, self.hidden, device=self.device)
-        bias = torch.zeros(capacity, self.num_labels, device=self.device)
-        if self.head_weight is not None:
-            old_slots, old_labels = self.head_weight.shape[:2]
-            weight[:old_slots, :old_labels] = self.head_weight
-            bias[:old_slots, :old_labels] = self.head_bias
+            layer.resize(capacity, self.rank, used)
+        weight = torch.empty(capacity, self.num_labels, self.hidden, device=self.device)
+        bias = torch.empty(capacity, self.num_labels, device=self.device)
+        if self.head_weight is not None and len(used):
+            old_labels = self.head_weight.shape[1]
+            weight[used] = 0.0
+            bias[used] = 0.0
+            weight[used, :old_labels] = self.head_weight[used]
+            bias[used, :old_labels] = self.head_bias[used]
         self.head_weight, self.head_bias = weight, bias
         self.free += list(range(capacity - 1, self.capacity - 1, -1))
         self.capacity = capacity
@@ -151,7 +152,7 @@ class LoraBank:
     def _forward(self, slots, texts, max_seq_lens) -> list[np.ndarray]:
         input_ids, mask = encode(self.tokenizer, texts, max_seq_lens)
         index = torch.tensor(list(slots), dtype=torch.long)
-        with self.lock, torch.no_grad():
+        with self.lock, torch.inference_mode():
             for layer in self.layers.values():
                 layer.active = index
             try:
@@ -194,12 +195,16 @@ class GatheredLora(nn.Module):
             self.A[slot, :, :a.shape[1]] = a
             self.B[slot, :b.shape[0]] = b
 
-    def resize(self, capacity: int, rank: int) -> None:
-        old_capacity, old_rank = self.A.shape[0], self.A.shape[2]
-        a = torch.zeros(capacity, self.in_features, rank, device=self.A.device)
-        b = torch.zeros(capacity, rank, self.out_features, device=self.B.device)
-        a[:old_capacity, :, :old_rank] = self.A
-        b[:old_capacity, :old_rank] = self.B
+    def resize(self, capacity: int, rank: int, used) -> None:
+        """New stacks of ``capacity`` slots at ``rank``; the ``used`` slots are copied, zero-padded."""
+        old_rank = self.A.shape[2]
+        a = torch.empty(capacity, self.in_features, rank, device=self.A.device)
+        b = torch.empty(capacity, rank, self.out_features, device=self.B.device)
+        if len(used):
+            a[used] = 0.0
+            b[used] = 0.0
+            a[used, :, :old_rank] = self.A[used]
+            b[used, :old_rank] = self.B[used]
         self.A, self.B = a, b
 
 

@@ -10,10 +10,13 @@ LoRA adapter on query, key and value:
 - ``peft``: a ``PeftModel`` holding every adapter, called with ``adapter_names=[...]`` per row
   (PEFT's mixed-adapter batch; it loops over the distinct adapters in every LoRA layer);
 - ``attune``: ``serve._lora.LoraBank``, which gathers each row's adapter and runs two batched
-  matmuls per layer.
+  matmuls per layer;
+- ``per-tenant``: the same bank, one forward pass per tenant of the batch (what
+  ``model.cross_tenant_batching: false`` does, and Ray Serve's per-model batching would).
 
 Both LoRA paths must give the same hidden states (checked). The table shows median and p99 ms; the
-last line is the ratio of PEFT's time to attune's at the largest k (the baseline is PEFT).
+last lines are the ratios of the per-tenant passes' time, and of PEFT's (the baseline), to attune's
+one cross-tenant pass, at the largest k.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ def main() -> None:
     for k in args.distinct:
         names = [f"t{i % k}" for i in range(args.rows)]
         bench.check_same(names)
-        for path in ("base", "peft", "attune"):
+        for path in ("base", "peft", "attune", "per-tenant"):
             times = bench.time(path, names, args.repeats)
             rows.append({"path": path, "distinct": k, "median_ms": statistics.median(times),
                          "p99_ms": sorted(times)[min(len(times) - 1, int(0.99 * len(times)))]})
@@ -58,6 +61,8 @@ def main() -> None:
     k = max(args.distinct)
     median = {(r["path"], r["distinct"]): r["median_ms"] for r in rows}
     peft, ours = median[("peft", k)], median[("attune", k)]
+    print(f"per-tenant passes / one cross-tenant pass at {k} tenants per batch of {args.rows}: "
+          f"{median[('per-tenant', k)] / ours:.2f}")
     print(f"ratio peft / attune at {k} tenants per batch of {args.rows}: {peft / ours:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
@@ -111,11 +116,22 @@ class _Bench:
             if path == "peft":
                 return self.peft(input_ids=self.input_ids, attention_mask=self.mask,
                                  adapter_names=names).last_hidden_state
+            if path == "per-tenant":
+                for name in dict.fromkeys(names):
+                    rows = [i for i, n in enumerate(names) if n == name]
+                    self._bank_forward([name] * len(rows), self.input_ids[rows], self.mask[rows])
+                return None
+            return self._bank_forward(names, self.input_ids, self.mask)
+
+    def _bank_forward(self, names, input_ids, mask):
+        import torch
+
+        with torch.no_grad():
             index = torch.tensor([self.slots[n] for n in names])
             for layer in self.bank.layers.values():
                 layer.active = index
             try:
-                return self.bank.encoder(input_ids=self.input_ids, attention_mask=self.mask).last_hidden_state
+                return self.bank.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
             finally:
                 for layer in self.bank.layers.values():
                     layer.active = None

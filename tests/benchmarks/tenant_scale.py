@@ -9,8 +9,9 @@ Everything goes through attune's own commands on an embedded local head, as a us
    every tenant answers differently) are registered with ``attune registry import DIR --promote``.
 2. ``attune serve up --detach`` with one replica (autoscaling off) and the default serve config
    otherwise; an admin key (``attune keys create --admin``) authenticates every request.
-3. Warm-up: every tenant is called once, so all adapters are loaded. The replica reports each cold
-   load's time and its resident memory (RSS), before and after the adapters.
+3. Warm-up: every tenant is called once, so all adapters are loaded: the first 100 one at a time
+   (cold loads on an idle replica), the rest from ``--clients`` clients at once. The replica reports
+   its cold loads' times and its resident memory (RSS) with one adapter and with all.
 4. Arms, ``--clients`` concurrent HTTP clients for ``--seconds`` each, one text per request:
    ``single``   every request to one tenant (what one tenant alone gets);
    ``fleet``    tenants drawn from Zipf(1.1) over the fleet, cross-tenant batching on;
@@ -42,6 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_CHECKED = 12  # tenants also checked against training's predictor
+SEQUENTIAL = 100  # tenants loaded one at a time in the warm-up (cold loads on an idle replica)
 
 
 def main() -> None:
@@ -125,16 +127,21 @@ class _Bench:
         return replica
 
     def warm(self, url: str) -> dict:
-        """Every tenant once; the replica's memory before and after, and its cold loads."""
+        """Every tenant once: the first alone (the base loads), the next ``SEQUENTIAL`` one at a time
+        (cold loads on an idle replica), the rest from ``--clients`` clients at once. The replica's
+        memory with one adapter and with all, and its cold-load times."""
         asyncio.run(self.requests(url, [(self.tenants[0], 0)], 1, 600))
         first = self.status()
-        asyncio.run(self.requests(url, [(t, 0) for t in self.tenants[1:]], self.args.clients, 3600))
+        asyncio.run(self.requests(url, [(t, 0) for t in self.tenants[1:1 + SEQUENTIAL]], 1, 600))
+        alone = self.status()["loads"]
+        asyncio.run(self.requests(url, [(t, 0) for t in self.tenants[1 + SEQUENTIAL:]], self.args.clients, 3600))
         full = self.status()
         loads = full["loads"]
         return {"rss_with_one_adapter_mib": first["rss_bytes"] / 2**20,
                 "rss_with_all_adapters_mib": full["rss_bytes"] / 2**20,
                 "rss_above_base_mib": (full["rss_bytes"] - first["rss_bytes"]) / 2**20,
                 "adapter_bytes_mib": full["adapter_bytes"] / 2**20, "adapters": full["num_models"],
+                "cold_load_alone_p50_ms": 1000 * alone["p50_s"], "cold_load_alone_p99_ms": 1000 * alone["p99_s"],
                 "cold_load_p50_ms": 1000 * loads["p50_s"], "cold_load_p99_ms": 1000 * loads["p99_s"],
                 "cold_loads": loads["count"]}
 
@@ -265,8 +272,10 @@ def _print(result: dict) -> None:
     print(f"memory: {memory['adapters']} adapters, RSS {memory['rss_with_one_adapter_mib']:.0f} MiB with one -> "
           f"{memory['rss_with_all_adapters_mib']:.0f} MiB with all ({memory['rss_above_base_mib']:.0f} MiB above "
           f"the base; the cache counts {memory['adapter_bytes_mib']:.0f} MiB)")
-    print(f"cold load: p50 {memory['cold_load_p50_ms']:.1f} ms, p99 {memory['cold_load_p99_ms']:.1f} ms "
-          f"over {memory['cold_loads']} loads")
+    print(f"cold load, one at a time ({SEQUENTIAL} tenants): p50 {memory['cold_load_alone_p50_ms']:.1f} ms, "
+          f"p99 {memory['cold_load_alone_p99_ms']:.1f} ms; all {memory['cold_loads']} loads, most of them "
+          f"{result['settings']['clients']} at a time: p50 {memory['cold_load_p50_ms']:.1f} ms, "
+          f"p99 {memory['cold_load_p99_ms']:.1f} ms")
     print(f"\n{'arm':<9} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'hit rate':>8}")
     for name, arm in result["arms"].items():
         hit = "-" if arm["hit_rate"] is None else f"{arm['hit_rate']:.3f}"

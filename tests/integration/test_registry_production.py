@@ -41,6 +41,7 @@ def _aliases_and_integrity(reg: Registry, s3, bucket: str, tenant: str, tmp_path
     reg.promote(tenant, "1")
     reg.promote(tenant, "3", reason="better on the gate")
     assert reg.rollback(tenant) == {"tenant": tenant, "champion": "1", "previous": "3"}
+    assert reg.champion_versions()[tenant] == "1"  # what serving refreshes: one query (SQL) or the API (server)
     shown = reg.show(tenant)
     assert shown["aliases"] == {"champion": "1", "challenger": "3"}
     assert [v["version"] for v in shown["versions"]] == ["1", "2", "3"]

@@ -117,3 +117,19 @@ def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path):
     assert [r["tenant"] for r in reg.list_tenants()] == ["jane"]
     # the tenant can start over
     assert reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record()).version == "1"
+
+
+def test_every_champion_in_one_query_agrees_with_the_public_api(tmp_path, monkeypatch):
+    from registry import _store
+
+    reg = sqlite_registry(tmp_path / "store")
+    for tenant in ("ann", "bob", "cat"):
+        reg.register_candidate(tenant, fake_model_dir(tmp_path / tenant, tenant.encode()), record(tenant))
+    reg.promote("ann", "1")
+    reg.register_candidate("ann", fake_model_dir(tmp_path / "ann2", b"two"), record("ann"))
+    reg.promote("ann", "2")
+    reg.promote("cat", "1")
+    direct = reg.champion_versions()
+    assert direct == {"ann": "2", "cat": "1"}  # bob has no champion
+    monkeypatch.setattr(_store, "aliases_in_one_query", lambda *args: None)  # a store without SQL access
+    assert reg.champion_versions() == direct

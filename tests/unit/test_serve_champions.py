@@ -1,0 +1,88 @@
+"""A fleet's champions: one registry query per refresh for every tenant, each version read once, the
+rest looked up alone; promotions followed within the refresh time; an outage serves the last known."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from registry import TenantNotFoundError
+from serve._champions import ChampionDirectory
+from serve._errors import UnknownTenantError
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Info:
+    def __init__(self, tenant, version):
+        self.tenant, self.version = tenant, version
+
+
+class FakeRegistry:
+    """``champion_versions`` (one query for all), ``get_version`` and ``champion`` (one tenant), counted."""
+
+    def __init__(self, champions: dict):
+        self.champions_map, self.calls, self.down = champions, [], False
+
+    def champion_versions(self):
+        self.calls.append("all")
+        if self.down:
+            raise OSError("connection refused")
+        return dict(self.champions_map)
+
+    def get_version(self, tenant, version):
+        self.calls.append(("version", tenant, version))
+        return Info(tenant, version)
+
+    def champion(self, tenant):
+        self.calls.append(("one", tenant))
+        if tenant not in self.champions_map:
+            raise TenantNotFoundError(f"tenant {tenant!r} has no registered model")
+        return Info(tenant, self.champions_map[tenant])
+
+
+def test_a_thousand_tenants_cost_one_query_per_refresh_and_one_read_per_version():
+    clock, registry = Clock(), FakeRegistry({f"t{i}": "1" for i in range(1000)})
+    directory = ChampionDirectory(registry, ttl_s=5.0, clock=clock)
+
+    async def go():
+        for _ in range(3):
+            for i in range(1000):
+                assert (await directory.get(f"t{i}")).version == "1"
+
+    asyncio.run(go())
+    assert registry.calls.count("all") == 1
+    kinds = [c[0] for c in registry.calls if c != "all"]
+    assert kinds.count("version") == 1000 and "one" not in kinds
+
+
+def test_a_promotion_is_followed_within_the_refresh_time_and_an_outage_serves_the_last_champions():
+    clock, registry = Clock(), FakeRegistry({"john": "1"})
+    directory = ChampionDirectory(registry, ttl_s=5.0, clock=clock)
+
+    async def get(tenant):
+        value = await directory.get(tenant)
+        await asyncio.sleep(0.01)  # let a background refresh finish
+        return value
+
+    async def go():
+        assert (await get("john")).version == "1"
+        registry.champions_map["john"] = "2"
+        clock.now += 4.9
+        assert (await get("john")).version == "1"  # within the refresh time: the snapshot still holds v1
+        clock.now += 0.2
+        await get("john")  # stale: this request starts the refresh in the background
+        assert (await get("john")).version == "2"
+        registry.down = True
+        clock.now += 6
+        await get("john")
+        assert (await get("john")).version == "2"  # the registry is down: the last snapshot serves
+        with pytest.raises(UnknownTenantError):
+            await directory.get("ghost")  # not in the snapshot: looked up alone, and unknown
+
+    asyncio.run(go())
