@@ -12,7 +12,9 @@ Everything goes through attune's own commands on an embedded local head, as a us
 3. Warm-up: every tenant is called once, so all adapters are loaded: the first 100 one at a time
    (cold loads on an idle replica), the rest from ``--clients`` clients at once. The replica reports
    its cold loads' times and its resident memory (RSS) with one adapter and with all.
-4. Arms, ``--clients`` concurrent HTTP clients for ``--seconds`` each, one text per request:
+4. Arms, ``--clients`` concurrent HTTP clients for ``--seconds`` each, one text per request, in
+   ``--rounds`` rounds (2 x 30 s each by default; the deployments alternate, and the table shows each
+   arm's medians over the rounds):
    ``single``   every request to one tenant (what one tenant alone gets);
    ``fleet``    tenants drawn from Zipf(1.1) over the fleet, cross-tenant batching on;
    ``baseline`` the same request sequence with ``model.cross_tenant_batching: false`` (each tenant's
@@ -50,7 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=30.0, help="per arm and round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three arms (medians are reported)")
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank of every tenant")
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--home", type=Path, default=None, help="ATTUNE_HOME to use (default: a temp folder)")
@@ -97,21 +100,29 @@ class _Bench:
         print(f"attune registry import: {len(imported['imported'])} versions in {imported['seconds']:.0f}s",
               flush=True)
         self.key = self.attune("keys", "create", "--admin")["key"]
-        arms, memory = {}, {}
-        on = self.deploy(cross_tenant=True)
-        memory = self.warm(on)
-        arms["single"] = self.arm(on, [(self.tenants[0], i % len(self.texts)) for i in range(200_000)])
-        arms["fleet"] = self.arm(on, self.sequence)
-        self.attune("serve", "down")
-        off = self.deploy(cross_tenant=False)
-        self.warm(off)
-        arms["baseline"] = self.arm(off, self.sequence)
-        fleet_answers = arms["fleet"].pop("answers")
-        wrong = _disagreements(fleet_answers, arms["baseline"].pop("answers"))
-        arms["single"].pop("answers")
+        runs: dict[str, list] = {"single": [], "fleet": [], "baseline": []}
+        memory = None
+        single = [(self.tenants[0], i % len(self.texts)) for i in range(200_000)]
+        for _ in range(self.args.rounds):  # the deployments alternate: the machine's speed drifts
+            on = self.deploy(cross_tenant=True)
+            warmed = self.warm(on)
+            memory = memory or warmed
+            runs["single"].append(self.arm(on, single))
+            runs["fleet"].append(self.arm(on, self.sequence))
+            self.attune("serve", "down")
+            off = self.deploy(cross_tenant=False)
+            self.warm(off)
+            runs["baseline"].append(self.arm(off, self.sequence))
+            self.attune("serve", "down")
+        fleet_answers = {k: v for run in runs["fleet"] for k, v in run.pop("answers").items()}
+        wrong = _disagreements(fleet_answers, {k: v for run in runs["baseline"] for k, v in run.pop("answers").items()})
+        for run in runs["single"]:
+            run.pop("answers")
         sample = _check_sample(exports, fleet_answers, self.texts)
+        arms = {name: _median_arm(rounds) for name, rounds in runs.items()}
         return {"settings": {k: str(v) for k, v in vars(self.args).items()}, "import_seconds": imported["seconds"],
-                "memory": memory, "arms": arms, "wrong_fleet_vs_baseline": wrong, "sample_checked": sample,
+                "memory": memory, "arms": arms, "rounds": runs, "wrong_fleet_vs_baseline": wrong,
+                "sample_checked": sample,
                 "ratio_fleet_vs_baseline": arms["fleet"]["req_per_s"] / arms["baseline"]["req_per_s"],
                 "ratio_fleet_vs_single": arms["fleet"]["req_per_s"] / arms["single"]["req_per_s"]}
 
@@ -201,6 +212,15 @@ def _check_sample(exports: Path, answers: dict, texts: list[str]) -> dict:
             worst = max(worst, max(abs(reference[k] - scores[k]) for k in reference))
             checked += 1
     return {"tenants": len(chosen), "answers": checked, "max_abs_diff": worst}
+
+
+def _median_arm(rounds: list[dict]) -> dict:
+    """One arm over the rounds: the median of each figure, the requests and failures summed."""
+    out = {"requests": sum(r["requests"] for r in rounds), "failed": sum(r["failed"] for r in rounds)}
+    for key in ("req_per_s", "p50_ms", "p99_ms", "hit_rate"):
+        values = [r[key] for r in rounds if r[key] is not None]
+        out[key] = statistics.median(values) if values else None
+    return out
 
 
 def _p99(values: list[float]) -> float:
