@@ -32,10 +32,11 @@ def make_client(tracking_uri: str):
     """An ``MlflowClient`` on ``tracking_uri`` whose calls raise :class:`RegistryUnavailableError` when
     the store cannot be reached (after MLflow's own retries), instead of a driver's traceback."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow import MlflowClient  # importing mlflow sets its loggers' levels: quiet them after it
+
     if logging.getLogger("attune").getEffectiveLevel() > logging.DEBUG:  # MLflow's and alembic's set-up lines
         for name in ("mlflow", "alembic"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    from mlflow import MlflowClient
 
     client = _guarded(lambda: MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri), tracking_uri)
     return GuardedClient(client, tracking_uri)

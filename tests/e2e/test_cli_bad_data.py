@@ -1,4 +1,5 @@
-"""`attune finetune` refuses bad data as a subprocess, before Ray or anything else starts.
+"""`attune` as a subprocess: `attune finetune` refuses bad data before Ray or anything else starts,
+and a first registry command prints attune's answer without MLflow's set-up lines.
 
 The successful path (data, fine-tune, predict, registry commands) runs in tests/e2e/test_demo.py.
 """
@@ -31,3 +32,12 @@ def test_bad_data_exits_nonzero_before_starting_anything(tmp_path):
     assert str(bad) in proc.stderr and "row 7" in proc.stderr and "row 8" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not home.exists() or not any(home.rglob("*"))
+
+
+def test_a_first_registry_command_prints_attunes_answer_only(tmp_path):
+    """The first command on a new ATTUNE_HOME creates the registry's database: MLflow's and alembic's
+    set-up lines ("Creating initial MLflow database tables...") stay out of the user's output."""
+    proc = attune("registry", "list", home=tmp_path / "home", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no tenants registered yet" in proc.stdout
+    assert "mlflow" not in proc.stderr.lower() and "alembic" not in proc.stderr.lower(), proc.stderr
