@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -40,6 +41,7 @@ from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInf
 
 logger = logging.getLogger("attune.serve")
 VERSION_HEADER = "x-attune-model-version"
+REQUEST_ID_HEADER = "x-attune-request-id"  # on a 500: the id that the replica's log line carries
 CHECKSUM_TAG = "attune.checksum"
 STATUS_MODELS = 200  # model keys a replica reports to `attune serve status`
 
@@ -72,9 +74,14 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
 
 @app.exception_handler(Exception)
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error")
-    return JSONResponse({"error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}},
-                        status_code=500)
+    """A bug's details (its message may hold a path, a query or a database URL) go to the replica's log
+    only; the client gets an id to quote, which the log line carries too."""
+    request_id = uuid.uuid4().hex[:16]
+    logger.error("unexpected error (request id %s)", request_id, exc_info=exc)
+    return JSONResponse({"error": {"code": "internal",
+                                   "message": f"internal error (request id {request_id}); the endpoint's log "
+                                              "has the details"}},
+                        status_code=500, headers={REQUEST_ID_HEADER: request_id})
 
 
 # Helpers are defined before the class: Serve pickles the class by value when it is decorated.

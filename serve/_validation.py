@@ -69,6 +69,8 @@ def parse_predict_body(raw: bytes, *, max_texts: int, max_chars: int) -> list[st
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequestError(f'body is not valid UTF-8 JSON ({exc}); send {{"texts": ["..."]}}') from None
+    except RecursionError:
+        raise InvalidRequestError('body is JSON nested too deeply to read; send {"texts": ["..."]}') from None
     if not isinstance(data, dict):
         raise InvalidRequestError(f'body must be a JSON object like {{"texts": ["..."]}}, got {type(data).__name__}')
     problems = [f"unknown key {key!r}" for key in sorted(data) if key != "texts"]
@@ -97,4 +99,17 @@ def _text_problems(texts: list, max_texts: int, max_chars: int) -> list[str]:
             problems.append(f"texts[{i}] is {type(text).__name__}, not a string")
         elif len(text) > max_chars:
             problems.append(f"texts[{i}] has {len(text)} characters, more than max_chars={max_chars}")
+        elif "\x00" in text:
+            problems.append(f"texts[{i}] contains a NUL character (\\u0000)")
+        elif not _encodable(text):
+            problems.append(f"texts[{i}] contains a lone surrogate (a \\ud800-\\udfff escape without its "
+                            "pair), which is not text; send valid Unicode")
     return problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

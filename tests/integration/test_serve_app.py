@@ -89,6 +89,10 @@ BAD_REQUESTS = [  # (tenant, key name or raw key, kwargs, status, code)
     ("john", "john", {"json": {"texts": []}}, 422, "invalid_body"),
     ("john", "john", {"json": {"texts": ["a"] * 65}}, 422, "invalid_body"),
     ("john", "john", {"json": {"texts": ["x" * 10_001]}}, 422, "invalid_body"),
+    ("john", "john", {"content": b'{"texts": ["\\ud800"]}'}, 422, "invalid_body"),  # a lone surrogate
+    ("john", "john", {"content": b'{"texts": ["a\\u0000b"]}'}, 422, "invalid_body"),
+    ("john", "john", {"content": b'{"texts": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"}, 422, "invalid_body"),
+    ("john", "john", {"content": b'{"texts": ["caf\xe9"]}'}, 422, "invalid_body"),  # Latin-1, not UTF-8
 ]
 
 

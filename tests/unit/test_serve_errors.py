@@ -107,3 +107,21 @@ def test_champion_cache_follows_the_registry_within_the_ttl():
     answers["new"] = OSError("down")
     with pytest.raises(ServeError, match="cannot read the model registry"):
         cache.get("new")
+
+
+def test_an_unexpected_error_answers_internal_error_with_an_id_that_the_log_carries(caplog):
+    import asyncio
+    import json
+    import logging
+
+    from serve._endpoint import REQUEST_ID_HEADER, _unexpected
+
+    secret = "postgresql://attune:s3cret@db:5432/registry"
+    with caplog.at_level(logging.ERROR, logger="attune.serve"):
+        resp = asyncio.run(_unexpected(None, RuntimeError(f"could not connect to {secret}")))
+    body, request_id = json.loads(resp.body), resp.headers[REQUEST_ID_HEADER]
+    assert resp.status_code == 500 and body["error"]["code"] == "internal"
+    assert request_id in body["error"]["message"]
+    assert "s3cret" not in resp.body.decode() and "RuntimeError" not in resp.body.decode()
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert logged and logged[0].exc_info and secret in str(logged[0].exc_info[1])

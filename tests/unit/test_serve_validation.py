@@ -35,6 +35,11 @@ def test_a_good_body_gives_its_texts():
     ({"texts": ["a", 3, None]}, "texts[1] is int, not a string; texts[2] is NoneType, not a string"),
     ({"texts": ["a"] * 65}, "'texts' has 65 items, more than max_texts=64"),
     ({"texts": ["a", "x" * 10_001]}, "texts[1] has 10001 characters, more than max_chars=10000"),
+    (b'{"texts": ["\\ud800 gold"]}', "texts[0] contains a lone surrogate"),
+    (b'{"texts": ["ok", "a\\u0000b"]}', "texts[1] contains a NUL character"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    (b"\x00", "not valid UTF-8 JSON"),
 ])
 def test_each_invalid_body_is_422_with_the_reason(body, needle):
     with pytest.raises(InvalidRequestError) as err:
