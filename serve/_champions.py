@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from serve._errors import ServeError, from_registry_error
+from serve._errors import RegistryUnavailableError, ServeError, from_registry_error
 
 logger = logging.getLogger("attune.serve")
 
@@ -49,7 +49,9 @@ class ChampionCache:
                                tenant, exc, getattr(previous[1], "version", "?"))
                 value = previous[1]
             else:
-                raise ServeError(f"cannot read the model registry: {exc}") from exc
+                logger.error("cannot read the model registry for tenant %s: %s: %s", tenant, type(exc).__name__, exc)
+                raise RegistryUnavailableError("cannot read the model registry right now; retry after Retry-After "
+                                               "seconds", retry_after_s=min(self.ttl_s, 5.0)) from exc
         entry = (self.clock() + self.ttl_s, value)
         self._entries[tenant] = entry
         return entry

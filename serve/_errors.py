@@ -83,6 +83,21 @@ class ModelUnavailableError(ServeError):
         return (type(self), (self.message, self.retry_after_s))
 
 
+class RegistryUnavailableError(ServeError):
+    """The model registry cannot be read and this replica has no earlier answer for the tenant; the
+    message is generic (the store's error, which may name its host or user, goes to the log)."""
+
+    http_status = 503
+    code = "registry_unavailable"
+
+    def __init__(self, message: str, retry_after_s: Optional[float] = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.retry_after_s))
+
+
 class NotReadyError(ServeError):
     http_status = 503
     code = "not_ready"

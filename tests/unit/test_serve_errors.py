@@ -104,9 +104,11 @@ def test_champion_cache_follows_the_registry_within_the_ttl():
     with pytest.raises(UnknownTenantError):
         cache.get("ghost")  # the negative answer is cached too
     assert calls.count("ghost") == 1
-    answers["new"] = OSError("down")
-    with pytest.raises(ServeError, match="cannot read the model registry"):
+    answers["new"] = OSError("could not connect to postgresql://attune:s3cret@db/registry")
+    with pytest.raises(ServeError, match="cannot read the model registry") as unavailable:
         cache.get("new")
+    assert (unavailable.value.http_status, unavailable.value.code) == (503, "registry_unavailable")
+    assert unavailable.value.headers()["retry-after"] == "5" and "s3cret" not in str(unavailable.value.body())
 
 
 def test_an_unexpected_error_answers_internal_error_with_an_id_that_the_log_carries(caplog):
