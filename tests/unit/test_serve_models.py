@@ -259,3 +259,23 @@ def test_a_model_evicted_before_its_waiter_ran_is_loaded_again_never_served_from
 
     assert asyncio.run(go()) == ("positive", "negative")
     assert store.calls.count(("pos", "1")) == 2  # loaded again after the eviction
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_recreated_tenant_never_gets_its_predecessors_model(exports, method):
+    """An erased tenant id given to a new customer starts again at version 1 (MLflow numbers a
+    re-created model from 1): the checksum in the model's identity makes it another model."""
+    store = _Store({"acme:1": exports[(method, "positive")]})
+    cache = _cache(store)
+
+    async def label(checksum: str) -> str:
+        model = await cache.acquire("acme", "1", checksum)
+        try:
+            return run_batch([Request(model, TEXTS[:1], 1.0)], True)[0][0]["label"]
+        finally:
+            cache.release(model)
+
+    assert asyncio.run(label("9f" * 32)) == "positive"
+    store.exports["acme:1"] = exports[(method, "negative")]  # acme erased; a new acme registered as v1
+    assert asyncio.run(label("3c" * 32)) == "negative"
+    assert store.calls == [("acme", "1"), ("acme", "1")]
