@@ -1,63 +1,78 @@
-"""Bearer-key authentication with a short TTL cache, so a revoked key stops working within the TTL."""
+"""Bearer-key authentication with a short TTL cache of key rows, so a revoked key stops working within the TTL."""
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections import OrderedDict
 from typing import Callable, Optional
 
 from serve._errors import ForbiddenError, UnauthorizedError
-from serve._keys import KeyStore, Principal
+from serve._keys import KeyRow, KeyStore, Principal, is_legacy_hash, split_key
 
 MAX_CACHED = 10_000
 
 
 class Authenticator:
-    """Checks ``Authorization: Bearer <key>`` against the key store, caching answers for ``ttl_s``.
+    """Checks ``Authorization: Bearer <key>`` against the key store.
 
-    Both valid and invalid keys are cached (by a SHA-256 of the key), so a flood of bad keys costs
-    one hash each per TTL, and a revocation is seen at the latest ``ttl_s`` later.
+    The store's row for each key id is cached for ``ttl_s`` (known ids and unknown ids in separate
+    caches), and the presented secret is checked against the cached row's hash. So a flood of wrong
+    secrets for a known key id costs one hash each and no store query, a flood of made-up key ids
+    costs one store query per id and TTL, and neither evicts the valid keys' rows. A revocation is
+    seen at the latest ``ttl_s`` later.
     """
 
     def __init__(self, store: Optional[KeyStore], ttl_s: float, *, insecure_no_auth: bool = False,
                  clock: Callable[[], float] = time.monotonic):
+        from cachetools import TTLCache
+
         self.store = store
         self.ttl_s = ttl_s
         self.insecure_no_auth = insecure_no_auth
-        self.clock = clock
-        self._cache: OrderedDict[str, tuple[float, Optional[Principal]]] = OrderedDict()
+        self._rows: TTLCache = TTLCache(maxsize=MAX_CACHED, ttl=ttl_s, timer=clock)
+        self._unknown: TTLCache = TTLCache(maxsize=MAX_CACHED, ttl=ttl_s, timer=clock)
         self._lock = threading.Lock()
 
     def authenticate(self, authorization: Optional[str]) -> Principal:
         """The caller's principal, or :class:`UnauthorizedError` (401)."""
         if self.insecure_no_auth:
             return Principal(key_id="insecure-no-auth", tenant=None, admin=True)
-        key = _bearer(authorization)
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        now = self.clock()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
-        else:
-            principal = self.store.verify(key) if self.store is not None else None
+        parts = split_key(_bearer(authorization))
+        row = self._row(parts[0]) if parts is not None else None
+        principal = row.principal(parts[1]) if row is not None else None
+        if principal is not None and is_legacy_hash(row.secret_hash) and self.store is not None:
             with self._lock:
-                self._cache[digest] = (now + self.ttl_s, principal)
-                self._cache.move_to_end(digest)
-                while len(self._cache) > MAX_CACHED:
-                    self._cache.popitem(last=False)
+                self._rows[row.key_id] = self.store.rehash(row, parts[1])
         if principal is None:
             raise UnauthorizedError("the API key is invalid or revoked; create one with "
                                     "`attune keys create --tenant T`")
         return principal
 
     def needs_store(self, authorization: Optional[str]) -> bool:
-        """Whether :meth:`authenticate` would query the store (the caller may then run it in a thread)."""
+        """Whether :meth:`authenticate` would query the store or check a slow legacy hash (the caller
+        then runs it in a thread)."""
         if self.insecure_no_auth or not authorization:
             return False
-        key = authorization.partition(" ")[2].strip()
-        hit = self._cache.get(hashlib.sha256(key.encode()).hexdigest())
-        return hit is None or hit[0] <= self.clock()
+        parts = split_key(authorization.partition(" ")[2].strip())
+        if parts is None:
+            return False
+        with self._lock:
+            row = self._rows.get(parts[0])
+            if row is not None:
+                return is_legacy_hash(row.secret_hash)
+            return parts[0] not in self._unknown
+
+    def _row(self, key_id: str) -> Optional[KeyRow]:
+        with self._lock:
+            row = self._rows.get(key_id)
+            if row is not None or key_id in self._unknown:
+                return row
+        row = self.store.row(key_id) if self.store is not None else None
+        with self._lock:
+            if row is None:
+                self._unknown[key_id] = True
+            else:
+                self._rows[key_id] = row
+        return row
 
 
 def authorize(principal: Principal, tenant: str) -> None:

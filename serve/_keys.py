@@ -1,4 +1,9 @@
-"""API keys: created once, stored only as salted PBKDF2 hashes, revocable.
+"""API keys: created once, stored only as salted hashes, revocable.
+
+A secret is 256 random bits, so a salted HMAC-SHA256 is enough to store it: nothing can be guessed
+faster than by trying 2^256 secrets, and checking a wrong secret costs one hash (a slow, stretched
+hash such as PBKDF2 would only let a flood of wrong secrets burn the replica's CPU). Keys stored
+with PBKDF2 by earlier versions still verify, and are rehashed the first time they are used.
 
 The store is a SQLAlchemy URL: by default SQLite at ``$ATTUNE_HOME/keys.db``; with a PostgreSQL
 registry (``ATTUNE_MLFLOW_TRACKING_URI`` or ``ATTUNE_MLFLOW_BACKEND_STORE_URI``) the keys live in
@@ -21,7 +26,8 @@ from serve._errors import ServeError
 
 TABLE = "attune_api_keys"
 PREFIX = "atn"
-ITERATIONS = 100_000
+SCHEME = "sha256"  # sha256$<salt hex>$<HMAC-SHA256(salt, secret) hex>
+LEGACY_SCHEME = "pbkdf2_sha256"  # pbkdf2_sha256$<iterations>$<salt hex>$<digest hex>: keys stored by earlier versions
 KEY_ID_HEX = 12
 
 
@@ -35,6 +41,23 @@ class Principal:
 
     def may_call(self, tenant: str) -> bool:
         return self.admin or self.tenant == tenant
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """A stored key, without its secret: what checking a presented secret needs."""
+
+    key_id: str
+    tenant: Optional[str]
+    admin: bool
+    secret_hash: str
+    revoked: bool
+
+    def principal(self, secret: str) -> Optional[Principal]:
+        """The key's principal if it is not revoked and ``secret`` is its secret (one hash); else None."""
+        if self.revoked or not verify_secret(secret, self.secret_hash):
+            return None
+        return Principal(key_id=self.key_id, tenant=self.tenant, admin=self.admin)
 
 
 class KeyStoreError(ServeError):
@@ -58,21 +81,28 @@ def keys_url(settings) -> str:
     return f"sqlite:///{(Path(settings.home) / 'keys.db').resolve()}"
 
 
-def hash_secret(secret: str, salt: Optional[bytes] = None, iterations: int = ITERATIONS) -> str:
+def hash_secret(secret: str, salt: Optional[bytes] = None) -> str:
     salt = salt if salt is not None else secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
-    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+    return f"{SCHEME}${salt.hex()}${hmac.new(salt, secret.encode(), 'sha256').hexdigest()}"
 
 
 def verify_secret(secret: str, stored: str) -> bool:
+    """Whether ``secret`` matches ``stored`` (either scheme); malformed hashes never match."""
+    parts = stored.split("$")
     try:
-        scheme, iterations, salt, digest = stored.split("$")
+        if len(parts) == 3 and parts[0] == SCHEME:
+            candidate = hmac.new(bytes.fromhex(parts[1]), secret.encode(), "sha256").hexdigest()
+        elif len(parts) == 4 and parts[0] == LEGACY_SCHEME:
+            candidate = hashlib.pbkdf2_hmac("sha256", secret.encode(), bytes.fromhex(parts[2]), int(parts[1])).hex()
+        else:
+            return False
     except ValueError:
         return False
-    if scheme != "pbkdf2_sha256":
-        return False
-    candidate = hash_secret(secret, bytes.fromhex(salt), int(iterations)).rsplit("$", 1)[1]
-    return hmac.compare_digest(candidate, digest)
+    return hmac.compare_digest(candidate, parts[-1])
+
+
+def is_legacy_hash(stored: str) -> bool:
+    return stored.startswith(LEGACY_SCHEME + "$")
 
 
 def split_key(key: str) -> Optional[tuple[str, str]]:
@@ -139,17 +169,35 @@ class KeyStore:
     def count_active(self) -> int:
         return sum(1 for row in self.list() if row["revoked_at"] is None)
 
+    def row(self, key_id: str) -> Optional[KeyRow]:
+        """The stored key ``key_id``, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
+        if row is None:
+            return None
+        return KeyRow(key_id=key_id, tenant=row["tenant"], admin=bool(row["admin"]),
+                      secret_hash=row["secret_hash"], revoked=row["revoked_at"] is not None)
+
+    def rehash(self, row: KeyRow, secret: str) -> KeyRow:
+        """Store a legacy (PBKDF2) key's verified secret with the current scheme; the updated row."""
+        new_hash = hash_secret(secret)
+        with self.engine.begin() as conn:  # only if no one rehashed or revoked it meanwhile
+            conn.execute(self.table.update().where((self.table.c.key_id == row.key_id)
+                                                   & (self.table.c.secret_hash == row.secret_hash))
+                         .values(secret_hash=new_hash))
+        return KeyRow(row.key_id, row.tenant, row.admin, new_hash, row.revoked)
+
     def verify(self, key: str) -> Optional[Principal]:
         """The key's principal when it exists, is not revoked and its secret matches; else None."""
         parts = split_key(key)
         if parts is None:
             return None
         key_id, secret = parts
-        with self.engine.connect() as conn:
-            row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
-        if row is None or row["revoked_at"] is not None or not verify_secret(secret, row["secret_hash"]):
-            return None
-        return Principal(key_id=key_id, tenant=row["tenant"], admin=bool(row["admin"]))
+        row = self.row(key_id)
+        principal = row.principal(secret) if row is not None else None
+        if principal is not None and is_legacy_hash(row.secret_hash):
+            self.rehash(row, secret)
+        return principal
 
 
 def _now() -> str:

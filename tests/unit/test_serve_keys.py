@@ -1,12 +1,14 @@
 """API keys: salted hashes only, verification, revocation through the TTL cache, tenant scoping (no Ray)."""
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from cluster import get_settings
 from serve._auth import Authenticator, authorize
 from serve._errors import ForbiddenError, UnauthorizedError
-from serve._keys import KeyStore, KeyStoreError, hash_secret, keys_url, split_key, verify_secret
+from serve._keys import KeyStore, KeyStoreError, hash_secret, is_legacy_hash, keys_url, split_key, verify_secret
 
 
 class Clock:
@@ -32,10 +34,80 @@ def test_only_a_salted_hash_is_stored(store, tmp_path):
     assert "secret_hash" not in store.list()[0]
 
 
+def _legacy_hash(secret: str, iterations: int = 1000) -> str:
+    """A key as earlier versions stored it: PBKDF2-SHA256."""
+    salt = bytes(range(16))
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
 def test_hash_round_trip():
-    stored = hash_secret("s3cret", iterations=1000)
+    stored = hash_secret("s3cret")
+    assert stored.startswith("sha256$") and not is_legacy_hash(stored)
     assert verify_secret("s3cret", stored) and not verify_secret("s3cret!", stored)
     assert not verify_secret("s3cret", "md5$1$00$00") and not verify_secret("x", "garbage")
+    assert not verify_secret("x", "sha256$zz$00") and not verify_secret("x", "pbkdf2_sha256$x$00$00")
+    legacy = _legacy_hash("s3cret")
+    assert is_legacy_hash(legacy) and verify_secret("s3cret", legacy) and not verify_secret("s3cret!", legacy)
+
+
+def test_a_legacy_key_still_works_and_is_rehashed_at_its_first_use(store):
+    import sqlalchemy as sa
+
+    for verify in (store.verify, lambda key: Authenticator(store, ttl_s=5.0).authenticate(f"Bearer {key}")):
+        created = store.create("john")
+        key_id, secret = split_key(created["key"])
+        with store.engine.begin() as conn:
+            conn.execute(sa.update(store.table).where(store.table.c.key_id == key_id)
+                         .values(secret_hash=_legacy_hash(secret)))
+        assert verify(created["key"]).tenant == "john"
+        stored = store.row(key_id).secret_hash
+        assert stored.startswith("sha256$") and verify_secret(secret, stored)
+        assert verify(created["key"]).tenant == "john"
+
+
+class CountingStore:
+    """A real key store that counts its row queries."""
+
+    def __init__(self, store: KeyStore):
+        self.store, self.queries = store, 0
+
+    def row(self, key_id):
+        self.queries += 1
+        return self.store.row(key_id)
+
+
+def test_a_flood_of_wrong_secrets_costs_a_hash_each_and_evicts_no_valid_key(store, monkeypatch):
+    monkeypatch.setattr("serve._auth.MAX_CACHED", 100)
+    counting = CountingStore(store)
+    auth = Authenticator(counting, ttl_s=60.0, clock=Clock())
+    john = store.create("john")
+    key_id, _ = split_key(john["key"])
+    assert auth.authenticate(f"Bearer {john['key']}").tenant == "john" and counting.queries == 1
+    hashes = []
+    monkeypatch.setattr("serve._keys.hmac.new", _counting(hashes, __import__("hmac").new))
+    monkeypatch.setattr("serve._keys.hashlib.pbkdf2_hmac", _refuse)
+    for i in range(500):  # wrong secrets for john's key id: no store query, one HMAC each
+        with pytest.raises(UnauthorizedError):
+            auth.authenticate(f"Bearer atn_{key_id}_wrong{i}")
+    assert counting.queries == 1 and len(hashes) == 500
+    for i in range(300):  # made-up key ids, three times the cache: one query per id, john's row stays
+        with pytest.raises(UnauthorizedError):
+            auth.authenticate(f"Bearer atn_{i:012x}_x")
+    assert counting.queries == 301
+    assert not auth.needs_store(f"Bearer {john['key']}")
+    assert auth.authenticate(f"Bearer {john['key']}").tenant == "john" and counting.queries == 301
+
+
+def _counting(calls: list, fn):
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return fn(*args, **kwargs)
+    return wrapped
+
+
+def _refuse(*_args, **_kwargs):
+    raise AssertionError("a wrong secret for a current key must not cost a stretched hash")
 
 
 def test_verify_revoke_and_admin(store):
