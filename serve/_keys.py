@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import hmac
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Optional
 from cluster import UsageError
 from serve._errors import ServeError
 
+logger = logging.getLogger("attune.serve")
 TABLE = "attune_api_keys"
 PREFIX = "atn"
 SCHEME = "sha256"  # sha256$<salt hex>$<HMAC-SHA256(salt, secret) hex>
@@ -64,6 +66,15 @@ class KeyStoreError(ServeError):
     """The key store cannot be reached or read (exit status 1)."""
 
     code = "key_store"
+
+
+class KeyStoreUnavailableError(KeyStoreError):
+    """The endpoint could not read the key store: 503 with ``Retry-After``, and a message without the
+    database's own error (which may name its host or user); the replica's log has that."""
+
+    http_status = 503
+    code = "key_store_unavailable"
+    retry_after_s = 5.0
 
 
 class KeyUsageError(KeyStoreError, UsageError):
@@ -170,9 +181,16 @@ class KeyStore:
         return sum(1 for row in self.list() if row["revoked_at"] is None)
 
     def row(self, key_id: str) -> Optional[KeyRow]:
-        """The stored key ``key_id``, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
+        """The stored key ``key_id``, or None; :class:`KeyStoreUnavailableError` when the store cannot be read."""
+        import sqlalchemy as sa
+
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(self.table.select().where(self.table.c.key_id == key_id)).mappings().first()
+        except sa.exc.SQLAlchemyError as exc:
+            logger.error("cannot read the key store at %s: %s", _redact(self.url), exc)
+            raise KeyStoreUnavailableError("cannot check the API key: the key store is unavailable; retry after "
+                                           "Retry-After seconds") from None
         if row is None:
             return None
         return KeyRow(key_id=key_id, tenant=row["tenant"], admin=bool(row["admin"]),

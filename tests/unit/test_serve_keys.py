@@ -191,3 +191,19 @@ def test_cli_create_prints_the_key_once_and_revoke(tmp_path, monkeypatch, capsys
     assert main(["keys", "create", "--admin", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["admin"] is True
     assert main(["keys", "create", "--tenant", "Bad Name!"]) == 2
+
+
+def test_an_unreadable_key_store_answers_503_and_keeps_its_error_in_the_log(store, caplog):
+    import logging
+
+    from serve._keys import TABLE, KeyStoreUnavailableError
+
+    created = store.create("john")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE {TABLE}")  # the store is there but cannot be read
+    with caplog.at_level(logging.ERROR, logger="attune.serve"), pytest.raises(KeyStoreUnavailableError) as err:
+        Authenticator(store, ttl_s=5.0).authenticate(f"Bearer {created['key']}")
+    assert (err.value.http_status, err.value.code, err.value.headers()["retry-after"]) == (
+        503, "key_store_unavailable", "5")
+    assert TABLE not in str(err.value.body())
+    assert any("no such table" in record.getMessage() for record in caplog.records)
