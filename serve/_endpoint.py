@@ -49,7 +49,8 @@ _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in
     (401, "key missing or invalid"), (403, "a valid key for another tenant"), (404, "unknown tenant"),
     (409, "the tenant has no champion"), (413, "body larger than the limit"), (422, "invalid body"),
     (429, "too many requests waiting; retry after Retry-After seconds"),
-    (503, "the tenant's model failed to load, or the registry cannot be read; retry after Retry-After seconds"))}
+    (503, "the tenant's model failed to load, or the registry or key store cannot be read; retry after "
+            "Retry-After seconds"))}
 
 app = FastAPI(title="attune", version="1", docs_url=None, redoc_url=None,
               description="Every tenant's calibrated classifier behind one endpoint. "
