@@ -38,10 +38,12 @@ class Authenticator:
             return Principal(key_id="insecure-no-auth", tenant=None, admin=True)
         parts = split_key(_bearer(authorization))
         row = self._row(parts[0]) if parts is not None else None
-        principal = row.principal(parts[1]) if row is not None else None
-        if principal is not None and is_legacy_hash(row.secret_hash) and self.store is not None:
-            with self._lock:
-                self._rows[row.key_id] = self.store.rehash(row, parts[1])
+        principal = None
+        if row is not None:  # a row comes only from the store
+            principal, checked = self.store.check(row, parts[1])
+            if checked is not row:
+                with self._lock:
+                    self._rows[row.key_id] = checked
         if principal is None:
             raise UnauthorizedError("the API key is invalid or revoked; create one with "
                                     "`attune keys create --tenant T`")

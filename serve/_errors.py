@@ -69,11 +69,10 @@ class InvalidRequestError(ServeError):
     code = "invalid_body"
 
 
-class ModelUnavailableError(ServeError):
-    """The tenant's model failed to load (or is backing off before a retry); others are unaffected."""
+class RetryLaterError(ServeError):
+    """A 503 the client may retry: it carries ``Retry-After`` (``retry_after_s``) across actor boundaries."""
 
     http_status = 503
-    code = "model_unavailable"
 
     def __init__(self, message: str, retry_after_s: Optional[float] = None):
         super().__init__(message)
@@ -83,19 +82,17 @@ class ModelUnavailableError(ServeError):
         return (type(self), (self.message, self.retry_after_s))
 
 
-class RegistryUnavailableError(ServeError):
+class ModelUnavailableError(RetryLaterError):
+    """The tenant's model failed to load (or is backing off before a retry); others are unaffected."""
+
+    code = "model_unavailable"
+
+
+class RegistryUnavailableError(RetryLaterError):
     """The model registry cannot be read and this replica has no earlier answer for the tenant; the
     message is generic (the store's error, which may name its host or user, goes to the log)."""
 
-    http_status = 503
     code = "registry_unavailable"
-
-    def __init__(self, message: str, retry_after_s: Optional[float] = None):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def __reduce__(self):
-        return (type(self), (self.message, self.retry_after_s))
 
 
 class NotReadyError(ServeError):

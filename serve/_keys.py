@@ -212,10 +212,15 @@ class KeyStore:
             return None
         key_id, secret = parts
         row = self.row(key_id)
-        principal = row.principal(secret) if row is not None else None
+        return self.check(row, secret)[0] if row is not None else None
+
+    def check(self, row: KeyRow, secret: str) -> tuple[Optional[Principal], KeyRow]:
+        """The principal when ``secret`` is ``row``'s (else None), and the row as stored afterwards: a
+        legacy (PBKDF2) key whose secret matched is rehashed with the current scheme."""
+        principal = row.principal(secret)
         if principal is not None and is_legacy_hash(row.secret_hash):
-            self.rehash(row, secret)
-        return principal
+            row = self.rehash(row, secret)
+        return principal, row
 
 
 def _now() -> str:

@@ -76,6 +76,9 @@ class CountingStore:
         self.queries += 1
         return self.store.row(key_id)
 
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
 
 def test_a_flood_of_wrong_secrets_costs_a_hash_each_and_evicts_no_valid_key(store, monkeypatch):
     monkeypatch.setattr("serve._auth.MAX_CACHED", 100)
