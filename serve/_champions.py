@@ -11,6 +11,14 @@ from serve._errors import RegistryUnavailableError, ServeError, from_registry_er
 logger = logging.getLogger("attune.serve")
 
 
+def registry_unreadable(what: str, exc: BaseException, ttl_s: float) -> RegistryUnavailableError:
+    """The 503 for a registry that could not be read: the store's error (which may name its host or
+    user) goes to the log, the client gets a generic message and ``Retry-After``."""
+    logger.error("cannot read the model registry for %s: %s: %s", what, type(exc).__name__, exc)
+    return RegistryUnavailableError("cannot read the model registry right now; retry after Retry-After seconds",
+                                    retry_after_s=min(ttl_s, 5.0))
+
+
 class ChampionCache:
     """Resolve ``tenant -> VersionInfo`` with a TTL; definitive answers (404, 409) are cached too.
 
@@ -49,9 +57,7 @@ class ChampionCache:
                                tenant, exc, getattr(previous[1], "version", "?"))
                 value = previous[1]
             else:
-                logger.error("cannot read the model registry for tenant %s: %s: %s", tenant, type(exc).__name__, exc)
-                raise RegistryUnavailableError("cannot read the model registry right now; retry after Retry-After "
-                                               "seconds", retry_after_s=min(self.ttl_s, 5.0)) from exc
+                raise registry_unreadable(f"tenant {tenant}", exc, self.ttl_s) from exc
         entry = (self.clock() + self.ttl_s, value)
         self._entries[tenant] = entry
         return entry
@@ -102,7 +108,7 @@ class ChampionDirectory:
             self.taken_at = self.clock()
         except Exception as exc:  # noqa: BLE001 - the last snapshot serves on
             if self.taken_at is None:
-                raise ServeError(f"cannot read the model registry: {exc}") from exc
+                raise registry_unreadable("the champions", exc, self.ttl_s) from exc
             logger.warning("registry unreadable (%s); serving the champions of %.0fs ago a while longer", exc,
                            self.clock() - self.taken_at)
             self.taken_at = self.clock()

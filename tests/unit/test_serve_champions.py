@@ -86,3 +86,16 @@ def test_a_promotion_is_followed_within_the_refresh_time_and_an_outage_serves_th
             await directory.get("ghost")  # not in the snapshot: looked up alone, and unknown
 
     asyncio.run(go())
+
+
+def test_a_registry_down_at_the_first_snapshot_answers_503_without_the_stores_error():
+    from serve._errors import RegistryUnavailableError
+
+    registry = FakeRegistry({"john": "1"})
+    registry.down = True
+    directory = ChampionDirectory(registry, ttl_s=5.0, clock=Clock())
+    with pytest.raises(RegistryUnavailableError) as err:
+        asyncio.run(directory.get("john"))
+    assert (err.value.http_status, err.value.code, err.value.headers()["retry-after"]) == (
+        503, "registry_unavailable", "5")
+    assert "connection refused" not in str(err.value.body())
