@@ -21,6 +21,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,12 @@ class ModelCache:
         self.on_lookup = on_lookup  # (tenant, hit) -> None: metrics
         self.models: dict[str, Model] = {}
         self.banks: dict[str, object] = {}  # base directory -> LoraBank
+        self._banks_lock = threading.Lock()  # concurrent first loads of a base create one bank
         self._loading: dict[str, asyncio.Future] = {}
         self._released = asyncio.Event()
+        self._adapter_lock: Optional[asyncio.Lock] = None  # one adapter joins the banks at a time
+        self._adapter_lock_loop = None
+        self._full_pending = 0  # full models that have their room and are being read
         self.hits = self.misses = 0
         self.load_seconds: list[float] = []  # every cold load's time, for load_summary()
 
@@ -166,32 +171,53 @@ class ModelCache:
         if bank.slot_bytes_with(adapter) > self.adapter_budget_bytes:
             raise ModelUnavailableError(f"one adapter needs {bank.slot_bytes_with(adapter) / 2**20:.1f} MiB, more "
                                         f"than model.adapter_cache_mib ({self.adapter_budget_bytes / 2**20:.0f} MiB)")
-        await self._make_room("lora", lambda: self._lora_bytes(adding=(bank, adapter)) <= self.adapter_budget_bytes)
-        bank.max_slots = self.adapter_budget_bytes // bank.slot_bytes_with(adapter)
-        slot = await asyncio.to_thread(bank.add, adapter)
-        model = Model(kind="lora", bytes=bank.slot_bytes, bank=bank, slot=slot, **meta)
-        self.models[model.key] = model
+        # Room and slot under one lock: two loads that each saw room for one more adapter would
+        # otherwise both add theirs while the other's was still being written, past the budget.
+        async with self._adapters_locked():
+            await self._make_room("lora",
+                                  lambda: self._lora_bytes(adding=(bank, adapter)) <= self.adapter_budget_bytes)
+            bank.max_slots = self.adapter_budget_bytes // bank.slot_bytes_with(adapter)
+            slot = await asyncio.to_thread(bank.add, adapter)
+            model = Model(kind="lora", bytes=bank.slot_bytes, bank=bank, slot=slot, **meta)
+            self.models[model.key] = model
         return model
 
     async def _add_full(self, path: Path, meta: dict) -> Model:
         from serve._full import FullModel
 
-        await self._make_room("full", lambda: self._full_count() < self.max_full_models)
-        full = await asyncio.to_thread(FullModel, path, self.device)
+        # A full model takes seconds to read: its room is reserved instead of held under a lock.
+        await self._make_room("full", lambda: self._full_count() + self._full_pending < self.max_full_models)
+        self._full_pending += 1
+        try:
+            full = await asyncio.to_thread(FullModel, path, self.device)
+        except BaseException:
+            self._released.set()  # the reserved room is free again
+            raise
+        finally:
+            self._full_pending -= 1
         model = Model(kind="full", bytes=full.bytes, full=full, **meta)
         self.models[model.key] = model
         return model
+
+    def _adapters_locked(self) -> asyncio.Lock:
+        """The lock that serializes adapters joining the banks, on the running event loop (a replica has
+        one loop; tests may run several in turn)."""
+        loop = asyncio.get_running_loop()
+        if self._adapter_lock is None or self._adapter_lock_loop is not loop:
+            self._adapter_lock, self._adapter_lock_loop = asyncio.Lock(), loop
+        return self._adapter_lock
 
     def _bank(self, base: str):
         from serve._lora import LoraBank
 
         base_dir = resolve_base(base)
-        bank = self.banks.get(str(base_dir))
-        if bank is None:
-            if model_type(base_dir) != "bert":
-                raise ModelUnavailableError(f"LoRA serving needs a BERT-family base; {base!r} is "
-                                            f"{model_type(base_dir)!r}")
-            bank = self.banks[str(base_dir)] = LoraBank(base_dir, self.device)
+        with self._banks_lock:
+            bank = self.banks.get(str(base_dir))
+            if bank is None:
+                if model_type(base_dir) != "bert":
+                    raise ModelUnavailableError(f"LoRA serving needs a BERT-family base; {base!r} is "
+                                                f"{model_type(base_dir)!r}")
+                bank = self.banks[str(base_dir)] = LoraBank(base_dir, self.device)
         return bank
 
     # -- capacity ------------------------------------------------------------------------------

@@ -279,3 +279,48 @@ def test_a_recreated_tenant_never_gets_its_predecessors_model(exports, method):
     store.exports["acme:1"] = exports[(method, "negative")]  # acme erased; a new acme registered as v1
     assert asyncio.run(label("3c" * 32)) == "negative"
     assert store.calls == [("acme", "1"), ("acme", "1")]
+
+
+def test_concurrent_loads_never_take_the_adapters_past_their_budget(exports):
+    """Loads of different tenants at once, on a replica's first requests: each finds (or creates) its
+    base's bank and checks for room in worker threads, then writes its slot. Racing, the first loads
+    each created a bank of their own (a copy of the base the budget never counted), and two loads that
+    each saw room for one more adapter both added theirs, past the budget."""
+    store = _Store({f"t{s}:1": exports[("random", s)] for s in range(8)})
+    probe = _cache(store)
+    _predict(probe, [(f"t{s}", "1", TEXTS[:1]) for s in range(8)])
+    budget = 2 * next(iter(probe.banks.values())).slot_bytes
+    cache = _cache(store, budget_bytes=budget, load_timeout_s=20.0)
+    seen = []
+
+    async def one(tenant: str) -> None:
+        model = await cache.acquire(tenant, "1", "sum")
+        seen.append(cache.stats()["adapter_bytes"])
+        await asyncio.sleep(0.01)
+        cache.release(model)
+
+    async def go():
+        for _ in range(3):
+            await asyncio.gather(*(one(f"t{s}") for s in range(8)))
+
+    asyncio.run(go())
+    assert len({id(m.bank) for m in cache.models.values()}) == len(cache.banks) == 1  # one base, one bank
+    assert len(seen) == 24 and max(seen) <= budget
+    assert cache.stats()["adapter_bytes"] <= budget and cache.misses > 8
+
+
+def test_concurrent_full_loads_never_hold_more_models_than_allowed(exports):
+    store = _Store({f"{answer}:1": exports[("full", answer)] for answer in LABELS})
+    cache = _cache(store, max_full_models=1, load_timeout_s=20.0)
+    counts = []
+
+    async def one(tenant: str) -> None:
+        model = await cache.acquire(tenant, "1", "sum")
+        counts.append(sum(m.kind == "full" for m in cache.models.values()))
+        cache.release(model)
+
+    async def go():
+        await asyncio.gather(*(one(answer) for answer in LABELS))
+
+    asyncio.run(go())
+    assert counts == [1] * len(LABELS)
