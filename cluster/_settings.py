@@ -35,6 +35,10 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_SERVE_REFRESH_S": "serve_refresh_s",
     "ATTUNE_SERVE_KEYS_REFRESH_S": "serve_keys_refresh_s",
     "ATTUNE_KEYS_DB_URL": "keys_db_url",
+    "ATTUNE_MAX_DATA_FILE_MB": "max_data_file_mb",
+    "ATTUNE_MAX_DATA_ROWS": "max_data_rows",
+    "ATTUNE_MAX_LABELS": "max_labels",
+    "ATTUNE_MAX_LABEL_CHARS": "max_label_chars",
 }
 
 
@@ -80,6 +84,11 @@ class Settings(BaseModel):
     keys_db_url: Optional[str] = Field(
         default=None, description="SQLAlchemy URL of the API key store (default: the registry's PostgreSQL, "
                                   "else sqlite:///$ATTUNE_HOME/keys.db)")
+    max_data_file_mb: float = Field(default=100.0, gt=0,
+                                    description="tenant data: largest file, in MB of 1,000,000 bytes")
+    max_data_rows: int = Field(default=1_000_000, ge=1, description="tenant data: most data rows in a file")
+    max_labels: int = Field(default=500, ge=2, description="tenant data: most distinct labels in a file")
+    max_label_chars: int = Field(default=100, ge=1, description="tenant data: longest label, in characters")
 
     @field_validator("log_level")
     @classmethod

@@ -15,7 +15,8 @@ person sees when opening the file:
   embedded newlines is one record, hence one row.
 
 :func:`load_tenant_data` collects every problem in the file and raises one
-:class:`~train._errors.DataValidationError`. The split of each row comes from
+:class:`~train._errors.DataValidationError`. The file's size, rows, labels and label length are
+bounded by settings (:mod:`train._data_limits`). The split of each row comes from
 the sha256 of its stripped text, so rows keep their split when the file grows.
 """
 from __future__ import annotations
@@ -31,13 +32,24 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Optional, Sequence
 
-from cluster import is_s3_uri, read_bytes
+from cluster import is_s3_uri
+from train._data_limits import (
+    DataLimits,
+    json_row,
+    label_length_problem,
+    label_limit_problem,
+    non_finite_problem,
+    read_limited,
+    row_limit_problem,
+    shown,
+    surrogate_problem,
+)
+from train._data_limits import rows_text as _rows_text
+from train._data_limits import short as _short
 from train._errors import ConfigError, DataValidationError
 
 SPLITS = ("train", "validation", "test")
 REQUIRED_COLUMNS = ("text", "label")
-MAX_ROWS_LISTED = 10
-MAX_TEXT_SHOWN = 60
 _KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
 _BAD_BYTE = re.compile("[\udc80-\udcff]")  # an undecodable byte, as surrogateescape keeps it
 
@@ -113,18 +125,21 @@ def load_tenant_data(
     min_examples_per_label: int = 5,
     allow_conflicts: bool = False,
     endpoint_url: Optional[str] = None,
+    limits: Optional[DataLimits] = None,
 ) -> TenantData:
     """Read, validate and split a tenant file; raise one ``DataValidationError`` listing every problem.
 
     ``allow_conflicts`` keeps a text that appears with two different labels (both copies).
+    ``limits`` defaults to the ``ATTUNE_MAX_*`` settings (:meth:`DataLimits.from_settings`).
     Splits of a very small file may be empty; the caller decides whether that is usable.
     """
     _check_fractions(fractions)
     if min_examples_per_label < 1:
         raise ConfigError(f"min_examples_per_label must be at least 1, got {min_examples_per_label}")
-    raw, problems = _read_source(str(path), endpoint_url), _Problems()
-    examples = _parse(str(path), raw, problems)
-    _check_labels(examples, min_examples_per_label, problems)
+    limits = limits or DataLimits.from_settings()
+    raw, problems = _read_source(str(path), endpoint_url, limits), _Problems()
+    examples = _parse(str(path), raw, problems, limits)
+    _check_labels(examples, min_examples_per_label, problems, limits)
     if not allow_conflicts:
         _check_conflicts(examples, problems)
     if problems:
@@ -140,14 +155,15 @@ def load_tenant_data(
     )
 
 
-def read_rows(path: str, endpoint_url: Optional[str] = None) -> list[Example]:
-    """Parse a tenant file into examples: no label checks, no split.
+def read_rows(path: str, endpoint_url: Optional[str] = None, limits: Optional[DataLimits] = None) -> list[Example]:
+    """Parse a tenant file into examples: no label counts, no split.
 
     Raises ``DataValidationError`` for an unreadable or unparsable file, bytes that are
-    not UTF-8, missing columns, and empty texts or labels.
+    not UTF-8, missing columns, empty texts or labels, unusable values, and a file over
+    the size, row or label-length limit.
     """
-    problems = _Problems()
-    examples = _parse(str(path), _read_source(str(path), endpoint_url), problems)
+    problems, limits = _Problems(), limits or DataLimits.from_settings()
+    examples = _parse(str(path), _read_source(str(path), endpoint_url, limits), problems, limits)
     if problems:
         raise DataValidationError(str(path), problems.messages())
     return examples
@@ -161,11 +177,13 @@ def _file_kind(path: str) -> str:
     return _KINDS[suffix]
 
 
-def _read_source(path: str, endpoint_url: Optional[str]) -> bytes:
+def _read_source(path: str, endpoint_url: Optional[str], limits: DataLimits) -> bytes:
     _file_kind(path)  # fail before any download
     where = "S3 object" if is_s3_uri(path) else "file"
     try:
-        return read_bytes(path, endpoint_url)
+        return read_limited(path, endpoint_url, limits)
+    except DataValidationError:
+        raise  # over the size limit
     except FileNotFoundError:
         raise DataValidationError(path, [f"{where} not found: {path}; check the path"]) from None
     except OSError as exc:
@@ -176,20 +194,24 @@ def _read_source(path: str, endpoint_url: Optional[str]) -> bytes:
         raise DataValidationError(path, [f"cannot read the S3 object: {exc}"]) from None
 
 
-def _parse(source: str, raw: bytes, problems: _Problems) -> list[Example]:
-    """Parse every row, adding format, encoding, column and empty-text problems to ``problems``."""
+def _parse(source: str, raw: bytes, problems: _Problems, limits: DataLimits) -> list[Example]:
+    """Parse every row, adding format, encoding, column, value and limit problems to ``problems``."""
     start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     text = raw[start:].decode("utf-8", "surrogateescape")
     bad_rows: list[tuple[int, int]] = []  # (row, number of undecodable bytes)
+    data_rows: list[int] = []  # every non-blank data row, parsable or not
     if _file_kind(source) == "jsonl":
-        records = _parse_jsonl(text, problems, bad_rows)
+        records = _parse_jsonl(text, problems, bad_rows, data_rows)
     else:
-        records = _parse_csv(source, text, problems, bad_rows)
+        records = _parse_csv(source, text, problems, bad_rows, data_rows)
     if bad_rows:
         _report_bad_bytes(raw, _bad_byte_offsets(text, start), bad_rows, problems)
+    too_many = row_limit_problem(data_rows, limits)
+    if too_many:
+        problems.add(0, too_many)
     if not records and not problems:
         problems.add(0, "no data rows found; the file is empty")
-    return _to_examples(records, problems)
+    return _to_examples(records, problems, limits)
 
 
 def _bad_byte_offsets(text: str, start: int) -> list[int]:
@@ -217,7 +239,7 @@ def _count_bad(cells: Iterable[str]) -> int:
     return sum(len(_BAD_BYTE.findall(cell)) for cell in cells)
 
 
-def _parse_jsonl(text: str, problems: _Problems, bad_rows: list) -> list[tuple[int, dict]]:
+def _parse_jsonl(text: str, problems: _Problems, bad_rows: list, data_rows: list) -> list[tuple[int, dict]]:
     if text.lstrip().startswith("["):
         problems.add(0, "found a JSON array, expected JSON Lines (one object per line); "
                         "convert it with: jq -c '.[]' in.json > out.jsonl")
@@ -226,13 +248,12 @@ def _parse_jsonl(text: str, problems: _Problems, bad_rows: list) -> list[tuple[i
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
+        data_rows.append(number)
         if _count_bad([line]):  # reported as not UTF-8, the problem to fix first
             bad_rows.append((number, _count_bad([line])))
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.add(number, f"row {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+        value = json_row(number, line, problems)
+        if value is None:
             continue
         if not isinstance(value, dict):
             problems.add(number, f"row {number}: expected a JSON object, found {type(value).__name__}")
@@ -241,13 +262,16 @@ def _parse_jsonl(text: str, problems: _Problems, bad_rows: list) -> list[tuple[i
     return records
 
 
-def _parse_csv(source: str, text: str, problems: _Problems, bad_rows: list) -> list[tuple[int, dict]]:
+def _parse_csv(
+    source: str, text: str, problems: _Problems, bad_rows: list, data_rows: list
+) -> list[tuple[int, dict]]:
     rows = _csv_rows(source, text)
     bad_rows.extend((number, _count_bad(cells)) for number, cells in rows if _count_bad(cells))
     if not rows:
         return []
     header = [name.strip() for name in rows[0][1]]
     records = []
+    data_rows.extend(number for number, cells in rows[1:] if cells)
     for number, cells in rows[1:]:
         if not cells or _count_bad(cells):
             continue  # a blank line, or one reported as not UTF-8
@@ -272,13 +296,16 @@ def _csv_rows(source: str, text: str) -> list[tuple[int, list[str]]]:
     return rows
 
 
-def _to_examples(records: list[tuple[int, dict]], problems: _Problems) -> list[Example]:
+def _to_examples(records: list[tuple[int, dict]], problems: _Problems, limits: DataLimits) -> list[Example]:
     if not _report_missing_columns(records, problems):
         return []
     examples = [e for e in (_to_example(row, fields, problems) for row, fields in records) if e]
     empty = [e.row for e in examples if not e.text.strip()]
     if empty:
         problems.add(empty[0], f"{_rows_text(empty)}: empty or whitespace-only text")
+    too_long = [(e.row, e.label) for e in examples if len(e.label) > limits.max_label_chars]
+    if too_long:
+        problems.add(too_long[0][0], label_length_problem(too_long, limits))
     return examples
 
 
@@ -302,13 +329,18 @@ def _to_example(row: int, fields: dict, problems: _Problems) -> Optional[Example
     if "text" not in fields or "label" not in fields:
         return None  # already reported
     text = "" if fields["text"] is None else fields["text"]
+    unusable = non_finite_problem(row, fields["label"]) or surrogate_problem(
+        row, {name: fields.get(name) for name in ("text", "label", "id")})
+    if unusable:
+        problems.add(row, unusable)
+        return None
     label = _label_str(fields["label"])
     if not isinstance(text, str):
         problems.add(row, f"row {row}: text must be a string, found {type(text).__name__}")
         return None
     if label is None:
         problems.add(row, f"row {row}: label must be a non-empty string or a number, "
-                          f"found {fields['label']!r}")
+                          f"found {shown(fields['label'])}")
         return None
     raw_id = fields.get("id")
     return Example(text=text, label=label, row=row, id=None if raw_id in (None, "") else str(raw_id))
@@ -322,13 +354,16 @@ def _label_str(value: Any) -> Optional[str]:
     return None
 
 
-def _check_labels(examples: list[Example], min_count: int, problems: _Problems) -> None:
+def _check_labels(examples: list[Example], min_count: int, problems: _Problems, limits: DataLimits) -> None:
     rows_by_label: dict[str, list[int]] = defaultdict(list)
     for example in examples:
         rows_by_label[example.label].append(example.row)
+    too_many = label_limit_problem(list(rows_by_label), limits)
+    if too_many:
+        problems.add(0, too_many)
     for label, rows in rows_by_label.items():
         if len(rows) < min_count:
-            problems.add(rows[0], f"label {label!r} has {len(rows)} example(s), fewer than the minimum "
+            problems.add(rows[0], f"label {_short(label)!r} has {len(rows)} example(s), fewer than the minimum "
                                   f"{min_count} ({_rows_text(rows)}); add examples or remove the label")
     if len(rows_by_label) == 1:
         only = next(iter(rows_by_label))
@@ -346,18 +381,6 @@ def _check_conflicts(examples: list[Example], problems: _Problems) -> None:
             labels = " and ".join(f"{label!r} ({_rows_text(rows)})" for label, rows in rows_by_label.items())
             problems.add(first, f"the same text {_short(text)!r} has different labels: {labels}; "
                                 "keep one label, or allow conflicts to keep both")
-
-
-def _rows_text(rows: Sequence[int]) -> str:
-    """``row 4`` / ``rows 4, 9`` / ``rows 4, 9, ... (25 rows)``."""
-    if len(rows) == 1:
-        return f"row {rows[0]}"
-    shown = ", ".join(str(r) for r in rows[:MAX_ROWS_LISTED])
-    return f"rows {shown}, ... ({len(rows)} rows)" if len(rows) > MAX_ROWS_LISTED else f"rows {shown}"
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_TEXT_SHOWN else text[: MAX_TEXT_SHOWN - 3] + "..."
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
