@@ -1,5 +1,6 @@
 """Ray Jobs API access for ``attune submit`` and ``attune jobs``: finding the cluster's dashboard,
-shipping the project code and attune's settings with a job, and following a job to its end.
+shipping the project code and attune's settings (never a credential) with a job, and following a job
+to its end.
 
 The address is ``--address``, else ``ATTUNE_RAY_DASHBOARD``, else ``RAY_ADDRESS``, in one of the forms
 ``http(s)://HOST:8265`` (the dashboard), ``ray://HOST[:PORT]`` (Ray Client; its dashboard is taken to be
@@ -14,6 +15,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -38,6 +40,15 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 # Of this shell's environment only ATTUNE_* goes with a job unless asked (--env): others may hold secrets.
 _ATTUNE_PREFIX = "ATTUNE_"
+# A job's runtime env is stored with it and shown on the Ray dashboard to anyone who can open it: no
+# credential goes there; the cluster reads its own from its environment (see CREDENTIALS_DOC).
+CREDENTIALS_DOC = "docs/cluster.md#credentials"
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PASSPHRASE|SECRET|(?:^|_)(?:TOKEN|CREDENTIALS?|API_?KEY|ACCOUNT_KEY"
+                          r"|PRIVATE_KEY|CONNECTION_STRING)(?:_|$)", re.I)
+_SECRET_VALUES = ((re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@:]*:[^/\s@]+@", re.I), "a URL with a password"),
+                  (re.compile(r"[?&;](?:password|passwd|pwd|secret|token|access_token|api_key|sslpassword)=", re.I),
+                   "a password in a URL query"),
+                  (re.compile(r"\batn_[0-9a-f]{12}_\S"), "an attune API key"))
 
 
 class JobsError(AttuneError):
@@ -178,11 +189,13 @@ def client(url: str):
 
 def job_env_vars(settings: Settings, url: str, extra: list[str], *, home_flag: bool = False,
                  environ: Optional[dict] = None) -> dict:
-    """Environment of the job: attune's worker defaults, every ``ATTUNE_*`` variable set here, the
-    state folder when the cluster shares this machine, and each ``--env NAME[=VALUE]``."""
+    """Environment of the job: attune's worker defaults, every ``ATTUNE_*`` variable set here that holds
+    no credential (see :func:`withheld_settings`), the state folder when the cluster shares this machine,
+    and each ``--env NAME[=VALUE]`` (a credential there is refused)."""
     environ = os.environ if environ is None else environ
     env = dict(_WORKER_ENV)
-    env.update({k: v for k, v in environ.items() if k.startswith(_ATTUNE_PREFIX) and v != ""})
+    env.update({k: v for k, v in environ.items()
+                if k.startswith(_ATTUNE_PREFIX) and v != "" and secret_reason(k, v) is None})
     env.pop("ATTUNE_RAY_DASHBOARD", None)  # a submitter's setting, meaningless inside the cluster
     if "ATTUNE_HOME" in env or home_flag or is_local(url):  # never a relative path: the job's cwd is its code copy
         env["ATTUNE_HOME"] = str(Path(settings.home).resolve())
@@ -190,8 +203,45 @@ def job_env_vars(settings: Settings, url: str, extra: list[str], *, home_flag: b
         name, sep, value = item.partition("=")
         if not name or (not sep and name not in environ):
             raise JobsUsageError(f"--env {item!r}: give NAME=VALUE, or the NAME of a variable set in this shell")
-        env[name] = value if sep else environ[name]
+        value = value if sep else environ[name]
+        reason = secret_reason(name, value)
+        if reason is not None:
+            raise JobsUsageError(f"--env {name}: not submitted, because {reason} and the Ray dashboard shows a "
+                                 "job's environment to anyone who can open it. Give the cluster this credential "
+                                 "in its own environment (the Ray head and workers: a KubeRay Secret, or the env "
+                                 f"file of `ray up`; see {CREDENTIALS_DOC}) and submit without --env {name}")
+        env[name] = value
     return env
+
+
+def secret_reason(name: str, value: str) -> Optional[str]:
+    """Why ``name=value`` is a credential that must not go with a job (its name, or a password, token or
+    API key in its value), or None when it holds none. Never quotes the value."""
+    if _SECRET_NAME.search(name):
+        return f"{name} is named like a credential"
+    what = credential_in(value)
+    return None if what is None else f"{name} holds {what}"
+
+
+def credential_in(text: str) -> Optional[str]:
+    """What credential ``text`` holds ("a URL with a password", ...), or None."""
+    return next((what for pattern, what in _SECRET_VALUES if pattern.search(text)), None)
+
+
+def withheld_settings(environ: Optional[dict] = None) -> dict[str, str]:
+    """``{name: why}`` of the ``ATTUNE_*`` variables set here that :func:`job_env_vars` leaves out."""
+    environ = os.environ if environ is None else environ
+    found = {k: secret_reason(k, v) for k, v in environ.items()
+             if k.startswith(_ATTUNE_PREFIX) and v != "" and k != "ATTUNE_RAY_DASHBOARD"}
+    return {k: why for k, why in sorted(found.items()) if why is not None}
+
+
+def withheld_line(withheld: dict[str, str]) -> str:
+    """The line ``attune submit`` prints about the settings it left out, and what the cluster needs instead."""
+    return (f"attune: not sent with the job, because the Ray dashboard shows a job's environment to anyone who "
+            f"can open it: {'; '.join(withheld.values())}. The job uses the cluster's own value of "
+            f"{', '.join(withheld)}: set it in the environment of the Ray head and workers (a KubeRay Secret, or "
+            f"the env file of `ray up`; see {CREDENTIALS_DOC})")
 
 
 def runtime_env(env_vars: dict) -> dict:

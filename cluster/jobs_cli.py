@@ -24,12 +24,13 @@ NOT_SUBMITTABLE = {"submit", "jobs"}
 def register_submit(subparsers) -> None:
     p = subparsers.add_parser("submit", help="run an attune command as a job on a Ray cluster (Ray Jobs API)",
                               description="Run `attune ARGS...` as a Ray job; the project code and every ATTUNE_* "
-                                          "variable set here go with it. Usage: attune submit [options] -- ARGS...")
+                                          "variable set here go with it, except credentials (the cluster "
+                                          "uses its own). Usage: attune submit [options] -- ARGS...")
     _address(p)
     p.add_argument("--wait", action="store_true", help="stream the job's logs; exit with its status")
     p.add_argument("--name", help="the job's submission id (unique on the cluster; default: generated)")
     p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                   help="also pass this environment variable to the job (repeatable)")
+                   help="also pass this environment variable to the job (repeatable; never a credential)")
     add_json_flag(p)
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- ARGS", help="the attune command to run")
     p.set_defaults(handler=_run_submit)
@@ -105,7 +106,27 @@ def checked_argv(argv: list[str]) -> list[str]:
     if parsed.command in NOT_SUBMITTABLE:
         raise CommandError(f"`attune {parsed.command}` talks to the cluster from here; submit a command that "
                            "does the work, e.g. `attune submit -- finetune ...`")
+    if parsed.command == "keys" and getattr(parsed, "keys_command", None) == "create":
+        raise CommandError(f"not submitted: `attune {' '.join(argv)}` prints the new key's secret, and a job's "
+                           "output stays in its logs on the Ray dashboard, readable by anyone who can open it. "
+                           f"Run `attune {' '.join(argv)}` directly on a machine that reaches the key store "
+                           "(the same ATTUNE_KEYS_DB_URL as the cluster, e.g. the head node)")
+    _refuse_credentials(argv)
     return argv
+
+
+def _refuse_credentials(argv: list[str]) -> None:
+    """A job's command line is shown on the Ray dashboard: no argument may carry a credential."""
+    from cluster import _jobs
+    from cluster.cli import CommandError
+
+    for position, arg in enumerate(argv, 1):
+        what = _jobs.credential_in(arg)
+        if what is not None:
+            raise CommandError(f"not submitted: argument {position} of `attune {argv[0]} ...` holds {what}, "
+                               "and the Ray dashboard shows a job's command line to anyone who can open it. "
+                               "Leave the credential out of the command and give the cluster its credentials "
+                               f"in its own environment (see {_jobs.CREDENTIALS_DOC})")
 
 
 def _run_submit(args: argparse.Namespace) -> int:
@@ -118,7 +139,10 @@ def _run_submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     jobs, url = _connect(args, settings)
     env = _jobs.job_env_vars(settings, url, args.env, home_flag=bool(args.home))
-    _warn_private_registry(settings, url, env)
+    withheld = _jobs.withheld_settings()
+    if withheld:
+        print(_jobs.withheld_line(withheld), file=sys.stderr, flush=True)
+    _warn_private_registry(settings, url, {**withheld, **env})  # a withheld tracking URI is still set
     job_id = _jobs.submit(jobs, argv, env, args.name)
     print(f"submitted job {job_id} to {url}", flush=True)
     payload = {"job_id": job_id, "address": url, "entrypoint": _jobs.entrypoint(argv)}

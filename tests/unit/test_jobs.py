@@ -143,14 +143,14 @@ def test_a_reachable_dashboard_resolves_in_both_forms(dashboard):
 def test_job_env_forwards_attune_settings_only(tmp_path):
     environ = {"ATTUNE_MLFLOW_TRACKING_URI": "http://mlflow:5000", "ATTUNE_SERVE_REFRESH_S": "3",
                "ATTUNE_RAY_DASHBOARD": "http://x:8265", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "HOME": "/root",
-               "SOME_TOKEN": "t"}
+               "SOME_TOKEN": "t", "AWS_PROFILE": "prod"}
     settings = get_settings(environ)
     env = _jobs.job_env_vars(settings, "http://10.1.2.3:8265", [], environ=environ)
     assert env["ATTUNE_MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["ATTUNE_SERVE_REFRESH_S"] == "3"
     assert env["HF_HUB_OFFLINE"] == "1"  # attune's worker defaults
     assert not {"ATTUNE_RAY_DASHBOARD", "AWS_SECRET_ACCESS_KEY", "HOME", "SOME_TOKEN", "ATTUNE_HOME"} & set(env)
-    asked = _jobs.job_env_vars(settings, "http://10.1.2.3:8265", ["SOME_TOKEN", "EXTRA=1"], environ=environ)
-    assert asked["SOME_TOKEN"] == "t" and asked["EXTRA"] == "1"
+    asked = _jobs.job_env_vars(settings, "http://10.1.2.3:8265", ["AWS_PROFILE", "EXTRA=1"], environ=environ)
+    assert asked["AWS_PROFILE"] == "prod" and asked["EXTRA"] == "1"  # a credential is refused: test_secrets.py
     with pytest.raises(_jobs.JobsError, match="NOT_SET"):
         _jobs.job_env_vars(settings, "http://10.1.2.3:8265", ["NOT_SET"], environ=environ)
 
