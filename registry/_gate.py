@@ -5,8 +5,9 @@ better), computed the same way for the candidate and for the current champion on
 evidence, e.g. macro-F1 on the test rows of the tenant's *current* data. The candidate becomes
 ``champion`` only when its score is at least the champion's minus ``margin``; a tenant's first
 version needs ``floor``. A champion whose stored artifacts cannot be downloaded or scored never
-silently loses or wins: the candidate stays challenger and the reason says why. The decision
-and its reason are recorded on the version.
+silently loses or wins: the candidate stays challenger and the reason says why. Nor does a
+candidate whose own stored copy fails its checksum (see ``registry._promote``). The decision and
+its reason are recorded on the version.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
+
+from registry._errors import ArtifactIntegrityError
 
 if TYPE_CHECKING:
     from registry._registry import Registry
@@ -63,8 +66,12 @@ def skip_gate(registry: Registry, tenant: str, version: str) -> dict:
 def _decide(registry: Registry, tenant: str, version: str, promoted: bool, reason: str, metric: str,
             candidate_score: float, champion_score: Optional[float], champion_version: Optional[str]) -> dict:
     if promoted:
-        registry.promote(tenant, version, reason=reason)
-    else:
+        try:
+            registry.promote(tenant, version, reason=reason)
+        except ArtifactIntegrityError as exc:  # its stored copy is damaged: it must not be served
+            logger.warning("gate passed %s v%s, but %s", tenant, version, exc)
+            promoted, reason = False, f"{reason}; but not promoted: {exc}"
+    if not promoted:
         registry.record_decision(tenant, version, False, reason)
     logger.info("promotion gate for %s v%s: %s", tenant, version, reason)
     return {"promoted": promoted, "reason": reason, f"candidate_{metric}": round(candidate_score, 6),

@@ -9,8 +9,6 @@ Versions carry their lineage and metrics as tags (``attune.*``) so the MLflow UI
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import shutil
 import tempfile
@@ -18,18 +16,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from registry import _promote
 from registry import _store as store
 from registry._errors import (
     ArtifactIntegrityError,
     NoChampionError,
-    NothingToRollBackError,
     TenantNotFoundError,
     VersionNotFoundError,
 )
 from registry._names import (
-    CHALLENGER,
     CHAMPION,
-    TAG_CHAMPION_HISTORY,
     TAG_CHECKSUM,
     TAG_PROMOTED,
     TAG_PROMOTED_AT,
@@ -39,6 +35,7 @@ from registry._names import (
     tenant_of,
 )
 from registry._records import RunRecord, VersionInfo, version_info
+from registry._register import create_run_once, register_candidate
 
 logger = logging.getLogger("attune.registry")
 
@@ -93,9 +90,7 @@ class Registry:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         experiment_id = self.experiment_id(experiment)
-        run = self._write(lambda: self.client.create_run(experiment_id, tags=tags, run_name=record.run_name),
-                          "create run")
-        run_id = run.info.run_id
+        run_id = create_run_once(self, experiment_id, tags, record.run_name).info.run_id
         try:
             now = int(time.time() * 1000)
             params = [Param(k, str(v)[:6000]) for k, v in sorted(record.params.items())]
@@ -121,7 +116,7 @@ class Registry:
         from mlflow.entities import Param
 
         experiment_id = self.experiment_id(experiment)
-        run = self._write(lambda: self.client.create_run(experiment_id, tags=tags, run_name=run_name), "create run")
+        run = create_run_once(self, experiment_id, tags, run_name)
         batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(batch), 100):
             self._write(lambda: self.client.log_batch(run.info.run_id, params=batch[i:i + 100]), "log params")
@@ -168,14 +163,17 @@ class Registry:
         """``(step, value)`` pairs of one metric of a run, in step order."""
         return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, key))
 
-    def _abandon_run(self, run_id: str) -> None:
+    def _abandon_run(self, run_id: str) -> bool:
+        """Delete a failed run and its artifacts, best effort; whether that worked."""
         try:
             run = self.client.get_run(run_id)
             store.delete_artifacts(run.info.artifact_uri, self.tracking_uri)
             self.client.set_terminated(run_id, "FAILED")
             self.client.delete_run(run_id)
+            return True
         except Exception as exc:  # best effort: the original error matters more
             logger.warning("could not clean up failed run %s: %s", run_id, exc)
+            return False
 
     # -- registration ----------------------------------------------------------------------------
 
@@ -183,24 +181,10 @@ class Registry:
                            parent_run_id: Optional[str] = None) -> VersionInfo:
         """Log the run with ``model_dir`` as its artifact, register a version, alias it ``challenger``.
 
-        The version is created only after every artifact is stored, so a registration that
-        fails midway never leaves a version pointing at missing files.
+        All or nothing: on any failure the version, the run and its artifacts are removed before the
+        error is raised; a retried write never makes a second run or version (see ``registry._register``).
         """
-        name = tenant_model_name(tenant)
-        checksum = store.dir_checksum(model_dir)
-        run_id = self.log_run(name, record, artifacts=Path(model_dir), parent_run_id=parent_run_id)
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
-        tags = {**record.version_tags, TAG_CHECKSUM: checksum}
-        try:
-            self._ensure_model(name)
-            mv = self._write(lambda: self.client.create_model_version(name, source, run_id=run_id, tags=tags),
-                             f"register {name}")
-            self._write(lambda: self.client.set_registered_model_alias(name, CHALLENGER, mv.version), "alias")
-        except Exception as exc:
-            self._abandon_run(run_id)
-            raise store.wrap(exc, f"registering a version of {name}", self.tracking_uri) from exc
-        logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
-        return self.get_version(tenant, str(mv.version))
+        return register_candidate(self, tenant, model_dir, record, parent_run_id)
 
     def _ensure_model(self, name: str) -> None:
         def create() -> None:
@@ -302,7 +286,7 @@ class Registry:
     def show(self, tenant: str) -> dict:
         model = self._model(tenant)
         return {"tenant": tenant, "name": model.name, "aliases": {a: str(v) for a, v in (model.aliases or {}).items()},
-                "champion_history": json.loads(model.tags.get(TAG_CHAMPION_HISTORY, "[]")),
+                "champion_history": _promote.history(model.tags or {}),
                 "versions": [v.as_dict() for v in self.versions(tenant)]}
 
     def download(self, tenant: str, ref: str, dest: Path) -> tuple[Path, VersionInfo]:
@@ -334,52 +318,13 @@ class Registry:
             self._write(lambda: self.client.set_model_version_tag(name, version, key, value), "tag")
 
     def promote(self, tenant: str, version: str, reason: str = "promoted by hand") -> dict:
-        """Point ``champion`` at ``version`` and remember the previous champion for rollback."""
-        name = tenant_model_name(tenant)
-        info = self.get_version(tenant, str(version))
-        previous = self.champion_or_none(tenant)
-        history = self._history(tenant)
-        if previous is not None and previous.version == info.version:
-            return {"tenant": tenant, "champion": info.version, "previous": info.version, "changed": False}
-        if not history or history[-1] != info.version:
-            history.append(info.version)
-        self._write(lambda: self.client.set_registered_model_alias(name, CHAMPION, info.version), "alias")
-        self._set_history(tenant, history)
-        self.record_decision(tenant, info.version, True, reason)
-        self._write(lambda: self.client.set_model_version_tag(name, info.version, TAG_PROMOTED_AT, _now()), "tag")
-        logger.info("%s: champion is now version %s (was %s)", name, info.version,
-                    previous.version if previous else None)
-        return {"tenant": tenant, "champion": info.version, "previous": previous.version if previous else None,
-                "changed": True}
+        """Point ``champion`` at ``version`` and remember the previous champion for rollback; the
+        version's stored copy is checked first (see ``registry._promote``)."""
+        return _promote.promote(self, tenant, version, reason)
 
     def rollback(self, tenant: str) -> dict:
         """Move ``champion`` back to the previous champion; the rollback is recorded."""
-        name = tenant_model_name(tenant)
-        current = self.champion(tenant)
-        history = [v for v in self._history(tenant)]
-        while history and history[-1] == current.version:
-            history.pop()
-        if not history:
-            raise NothingToRollBackError(f"tenant {tenant!r} has no previous champion to roll back to "
-                                f"(champion is version {current.version}); use `attune registry promote`")
-        target = history[-1]
-        self._write(lambda: self.client.set_registered_model_alias(name, CHAMPION, target), "alias")
-        self._set_history(tenant, history)
-        note = f"rolled back to version {target} at {_now()}"
-        self._write(lambda: self.client.set_model_version_tag(name, current.version, "attune.rolled_back",
-                                                                  note), "tag")
-        self._write(lambda: self.client.set_registered_model_tag(
-            name, "attune.last_rollback", json.dumps({"from": current.version, "to": target, "at": _now()})),
-            "tag")
-        return {"tenant": tenant, "champion": target, "previous": current.version}
-
-    def _history(self, tenant: str) -> list[str]:
-        return json.loads(self._model(tenant).tags.get(TAG_CHAMPION_HISTORY, "[]"))
-
-    def _set_history(self, tenant: str, history: list[str]) -> None:
-        name = tenant_model_name(tenant)
-        self._write(lambda: self.client.set_registered_model_tag(name, TAG_CHAMPION_HISTORY,
-                                                                 json.dumps(history[-200:])), "tag")
+        return _promote.rollback(self, tenant)
 
     # -- the promotion gate ------------------------------------------------------------------------
 
@@ -406,7 +351,3 @@ class Registry:
 def _run_dict(run) -> dict:
     return {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
             "tags": dict(run.data.tags), "params": dict(run.data.params), "metrics": dict(run.data.metrics)}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
