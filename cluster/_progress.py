@@ -65,6 +65,15 @@ class ProgressView:
         self._last_line = -math.inf
         self._first: Optional[tuple[int, float]] = None  # (done, when) at the first step seen
 
+    def __getstate__(self) -> dict:
+        """Without the stream and the bar: Ray pickles driver objects that hold a view (Tune keeps its
+        callbacks in the experiment state), and a notebook's or a test's stderr cannot be pickled."""
+        return {**self.__dict__, "stream": None, "bar": None, "_redirect": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.stream = sys.stderr
+
     def step(self, done: int, total: int, text: str = "", postfix: str = "") -> None:
         """``done`` of ``total``; ``text`` is the log line's detail, ``postfix`` the bar's."""
         if self._use_bar:

@@ -13,15 +13,14 @@ import argparse
 import logging
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from cluster._entry_points import entry_points
 from cluster._errors import AttuneError, UsageError
 from cluster._settings import get_settings
 from cluster._version import attune_version, git_commit
 
 ENTRY_POINT_GROUP = "attune.commands"
-PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
 logger = logging.getLogger("attune")
 
@@ -60,29 +59,8 @@ class _Commands(argparse._SubParsersAction):
 
 
 def command_entry_points() -> list[metadata.EntryPoint]:
-    """The ``attune.commands`` entry points, in the order ``pyproject.toml`` lists them.
-
-    A source checkout reads them from its own ``pyproject.toml`` (a job submitted from a checkout
-    runs that checkout's code over an image's install, whose metadata may be older); an installed
-    attune reads its package metadata.
-    """
-    table = _pyproject_commands()
-    if table is not None:
-        return [metadata.EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in table.items()]
-    return list(metadata.entry_points(group=ENTRY_POINT_GROUP))
-
-
-def _pyproject_commands() -> Optional[dict[str, str]]:
-    if not PYPROJECT.is_file():
-        return None
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10: the installed metadata is all there is
-        return None
-    project = tomllib.loads(PYPROJECT.read_text()).get("project", {})
-    if project.get("name") != "attune":
-        return None
-    return project.get("entry-points", {}).get(ENTRY_POINT_GROUP)
+    """The ``attune.commands`` entry points, in the order ``pyproject.toml`` lists them."""
+    return entry_points(ENTRY_POINT_GROUP)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 Only this package imports ``mlflow`` (lazily). Everyone else goes through :class:`Registry`.
 """
+from registry._erase import erase_registry_data
 from registry._errors import (
     ArtifactIntegrityError,
     InvalidModelDirError,
@@ -40,4 +41,5 @@ __all__ = [
     "TENANT_ID_PATTERN",
     "check_tenant_id",
     "tenant_model_name",
+    "erase_registry_data",
 ]

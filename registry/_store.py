@@ -170,7 +170,7 @@ def delete_artifacts(artifact_uri: str, tracking_uri: str) -> None:
     try:
         local = _local_path(artifact_uri)
         if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
+            _remove_local(local)
             if local.name == "artifacts" and local.parent.is_dir() and not any(local.parent.iterdir()):
                 local.parent.rmdir()  # the run's folder
             return
@@ -184,6 +184,39 @@ def delete_artifacts(artifact_uri: str, tracking_uri: str) -> None:
         mlflow.set_tracking_uri(previous)
 
 
+def _remove_local(folder: Path) -> None:
+    """Remove ``folder`` and everything in it; gone already is fine, a file that stays is an error."""
+    try:
+        shutil.rmtree(folder)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise RegistryError(f"cannot delete the artifacts at {folder}: {exc}; fix the folder's permissions and "
+                            f"run the erasure again") from None
+
+
+def sqlite_files(*uris) -> list[Path]:
+    """The database files behind the ``sqlite:///`` URIs among ``uris`` (others are skipped)."""
+    return sorted({Path(uri.removeprefix("sqlite:///")).resolve() for uri in uris
+                   if uri and uri.startswith("sqlite:///")})
+
+
+def vacuum_sqlite(path: Path) -> None:
+    """Rewrite a SQLite database so deleted rows leave nothing in its free pages."""
+    import sqlite3
+
+    if not path.is_file():
+        return
+    connection = sqlite3.connect(str(path), timeout=30)
+    try:
+        connection.execute("VACUUM")
+    except sqlite3.Error as exc:
+        raise RegistryError(f"cannot vacuum {path} after the erasure: {exc}; its free pages may still hold the "
+                            f"tenant's rows: stop what holds the database open and run the erasure again") from None
+    finally:
+        connection.close()
+
+
 def _local_path(uri: str) -> Optional[Path]:
     """The folder behind a plain path or file: URI; None for remote schemes (s3:, mlflow-artifacts:, ...)."""
     if uri.startswith("file:"):
@@ -195,15 +228,28 @@ def _local_path(uri: str) -> Optional[Path]:
     return Path(uri)
 
 
+# `mlflow gc` has no environment variable for --backend-store-uri: run its click command with the
+# option read from the environment inside the child, so a database password is never on a command line.
+_GC = ("import os, sys; from mlflow.cli import cli; cli.main(['gc', '--backend-store-uri', "
+       "os.environ['MLFLOW_BACKEND_STORE_URI'], *sys.argv[1:]], prog_name='mlflow')")
+
+
+def gc_command(backend_store_uri: str, experiment_id: str, tracking_uri: str,
+               environ: Optional[dict] = None) -> tuple[list[str], dict]:
+    """(argv, environment) of ``mlflow gc`` for one experiment: both URIs travel in the environment
+    (``MLFLOW_BACKEND_STORE_URI``, ``MLFLOW_TRACKING_URI``), where other users cannot read them."""
+    env = dict(os.environ if environ is None else environ, MLFLOW_TRACKING_URI=tracking_uri,
+               MLFLOW_BACKEND_STORE_URI=backend_store_uri)
+    return [sys.executable, "-c", _GC, "--experiment-ids", experiment_id], env
+
+
 def purge_experiment(backend_store_uri: str, experiment_id: str, tracking_uri: str) -> None:
     """Permanently delete a soft-deleted experiment and its runs (``mlflow gc``)."""
-    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", backend_store_uri,
-           "--experiment-ids", experiment_id]
+    cmd, env = gc_command(backend_store_uri, experiment_id, tracking_uri)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RegistryError(f"`mlflow gc` could not purge experiment {experiment_id} from the backend store: "
-                            f"{proc.stderr.strip()[-1500:]}")
+        raise RegistryError(f"`mlflow gc` could not purge experiment {experiment_id} from the backend store "
+                            f"{redact(backend_store_uri)}: {proc.stderr.strip()[-1500:]}")
 
 
 def not_found(exc: Exception) -> bool:

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("tenant")
     add_json_flag(p)
     p.set_defaults(handler=_run_rollback)
-    p = sub.add_parser("delete-tenant", help="erase every version, run and artifact of a tenant")
+    p = sub.add_parser("delete-tenant", help="erase a tenant everywhere: API keys, registered model, runs, artifacts "
+                                             "and its files under ATTUNE_HOME; prints what was removed, where")
     p.add_argument("tenant")
     p.add_argument("--yes", action="store_true", help="required: confirms the erasure")
     add_json_flag(p)
@@ -104,15 +105,32 @@ def _run_rollback(args: argparse.Namespace) -> int:
 
 
 def _run_delete(args: argparse.Namespace) -> int:
-    from cluster import UsageError
+    import sys
 
+    from cluster import UsageError, erase_tenant, get_settings
+    from registry._names import check_tenant_id
+
+    check_tenant_id(args.tenant)
     if not args.yes:
-        raise UsageError(f"delete-tenant erases every version, run and artifact of {args.tenant!r}; "
-                           f"add --yes to confirm: attune registry delete-tenant {args.tenant} --yes")
-    result = _registry(args).delete_tenant(args.tenant)
-    soft = "" if result["purged"] else " (metadata soft-deleted)"
-    return _out(args, result, f"deleted tenant {args.tenant}: {result['deleted_versions']} version(s), "
-                              f"{result['deleted_runs']} run(s){soft}")
+        raise UsageError(f"delete-tenant erases {args.tenant!r} everywhere (API keys, registered model, runs, "
+                         f"artifacts, files under ATTUNE_HOME) and cannot be undone; add --yes to confirm: "
+                         f"attune registry delete-tenant {args.tenant} --yes")
+    settings = get_settings(home=args.home, log_level=args.log_level)
+
+    def progress(part: dict) -> None:  # each store as it finishes; stderr, so --json's stdout stays one line
+        state = "FAILED: " + part["error"] if part.get("error") else f"{len(part['removed'])} removed"
+        print(f"  {part['store']:<17} {state}", file=sys.stderr, flush=True)
+
+    print(f"erasing tenant {args.tenant}", file=sys.stderr, flush=True)
+    report = erase_tenant(args.tenant, settings, on_store=progress)
+    lines = [f"erased tenant {args.tenant}: {report['removed']} item(s) removed"]
+    for part in report["stores"]:
+        lines.append(f"{part['store']} ({part['where']}):")
+        lines += [f"  removed {item}" for item in part["removed"]] or ["  nothing of the tenant"]
+        lines += [f"  note: {note}" for note in part.get("notes", [])]
+    lines.append("running endpoints refuse the tenant's keys (401) and drop its models (404) within their "
+                 "refresh periods (ATTUNE_SERVE_KEYS_REFRESH_S, ATTUNE_SERVE_REFRESH_S)")
+    return _out(args, report, "\n".join(lines))
 
 
 def _run_import(args: argparse.Namespace) -> int:

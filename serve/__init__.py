@@ -12,7 +12,7 @@ from serve._errors import ServeError
 from serve._keys import KeyStore
 
 _EXPORTS = {"APP_NAME": "serve._app", "build_app": "serve._app", "deploy": "serve._app",
-            "app_builder": "serve._app"}
+            "app_builder": "serve._app", "erase_tenant_keys": "serve._erase"}
 
 __all__ = ["AppSpec", "ServeConfig", "ServeError", "KeyStore", "load_config", *_EXPORTS]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -243,6 +243,17 @@ class ModelCache:
             model.bank.remove(model.slot)
         logger.debug("evicted %s", model.key)
 
+    def retain(self, champions: dict[str, str]) -> list[str]:
+        """Evict every idle model that is not its tenant's champion in ``champions`` (tenant -> version):
+        an erased tenant's, a demoted version's. A pinned one goes at a later call. The keys evicted."""
+        gone = [m for m in self.models.values() if m.pins == 0 and champions.get(m.tenant) != m.version]
+        for model in gone:
+            self.evict(model)
+        if gone:
+            logger.info("dropped %d model(s) that no champion needs: %s", len(gone),
+                        ", ".join(m.key for m in gone[:10]))
+        return [m.key for m in gone]
+
     def _lora_bytes(self, adding: Optional[tuple] = None) -> int:
         """The adapters' bytes in every bank; with ``adding=(bank, adapter)``, as they would be with it
         (a larger rank, a new target or more labels make every slot of that bank larger)."""

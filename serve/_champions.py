@@ -72,10 +72,12 @@ class ChampionDirectory:
     A tenant the last snapshot does not hold (a new one, or one without a champion, or unknown) is
     resolved on its own through :class:`ChampionCache`, which also caches the 404 and 409 answers.
     When the registry cannot be read, the last snapshot keeps serving and the failure is logged.
+    ``on_snapshot(versions)`` runs after each snapshot: the replica drops the models no champion
+    needs any more (an erased tenant's within ``ttl_s``).
     """
 
     def __init__(self, registry, ttl_s: float, clock: Callable[[], float] = time.monotonic,
-                 max_versions: int = 100_000):
+                 max_versions: int = 100_000, on_snapshot: Optional[Callable[[dict], None]] = None):
         from cachetools import LRUCache
 
         self.registry, self.ttl_s, self.clock = registry, ttl_s, clock
@@ -84,6 +86,7 @@ class ChampionDirectory:
         self.infos = LRUCache(maxsize=max_versions)  # (tenant, version) -> VersionInfo; a version never changes
         self.fallback = ChampionCache(registry.champion, ttl_s, clock)
         self._refresh: Optional[asyncio.Future] = None
+        self.on_snapshot = on_snapshot  # (tenant -> champion version) -> None, after each snapshot
 
     async def get(self, tenant: str):
         """The champion's ``VersionInfo``, or the :class:`ServeError` the registry's answer maps to."""
@@ -106,6 +109,11 @@ class ChampionDirectory:
         try:
             self.versions = await asyncio.to_thread(self.registry.champion_versions)
             self.taken_at = self.clock()
+            for key in [k for k in self.infos if self.versions.get(k[0]) != k[1]]:
+                del self.infos[key]  # an erased tenant's, or a superseded champion's: a re-created
+                # tenant's version 1 is not its predecessor's version 1
+            if self.on_snapshot is not None:
+                self.on_snapshot(self.versions)
         except Exception as exc:  # noqa: BLE001 - the last snapshot serves on
             if self.taken_at is None:
                 raise registry_unreadable("the champions", exc, self.ttl_s) from exc

@@ -117,7 +117,8 @@ class Endpoint:
         cfg = self.spec.config.model
         _warm_imports()  # so the first request does not pay for importing transformers and safetensors
         self.registry = Registry(self.spec.tracking_uri, self.spec.artifact_root)
-        self.champions = ChampionDirectory(self.registry, self.spec.refresh_s)
+        self.champions = ChampionDirectory(self.registry, self.spec.refresh_s,
+                                           on_snapshot=lambda versions: self.models.retain(versions))
         self.auth = Authenticator(self._key_store(), self.spec.keys_refresh_s,
                                   insecure_no_auth=self.spec.insecure_no_auth)
         self.metrics = EndpointMetrics()

@@ -169,6 +169,14 @@ class KeyStore:
             conn.execute(self.table.update().where(self.table.c.key_id == key_id).values(revoked_at=revoked_at))
         return {"key_id": key_id, "tenant": row["tenant"], "admin": bool(row["admin"]), "revoked_at": revoked_at}
 
+    def delete_tenant(self, tenant: str) -> list[str]:
+        """Delete every key of ``tenant``, revoked ones too (erasure); the ids deleted."""
+        with self.engine.begin() as conn:
+            ids = [row[0] for row in conn.execute(self.table.select().with_only_columns(self.table.c.key_id)
+                                                  .where(self.table.c.tenant == tenant))]
+            conn.execute(self.table.delete().where(self.table.c.tenant == tenant))
+        return ids
+
     def list(self) -> list[dict]:
         cols = [c for c in self.table.c if c.name != "secret_hash"]
         import sqlalchemy as sa

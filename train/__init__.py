@@ -43,6 +43,8 @@ _EXPORTS = {
     # the demo tenants' data
     "demo_rows": "train._demo_data",
     "write_demo_data": "train._demo_data",
+    # erasure (the attune.erasers entry point)
+    "erase_training_files": "train._erase",
 }
 
 __all__ = list(_EXPORTS)

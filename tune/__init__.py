@@ -11,6 +11,7 @@ __all__ = [
     "TuneError",
     "SpaceError",
     "tune_tenant",
+    "erase_tune_files",
 ]
 
 
@@ -19,4 +20,8 @@ def __getattr__(name: str):  # Ray and torch only when a search runs
         from tune._tune import tune_tenant
 
         return tune_tenant
+    if name == "erase_tune_files":
+        from tune._erase import erase_tune_files
+
+        return erase_tune_files
     raise AttributeError(name)

@@ -92,7 +92,7 @@ class TuneJob(BaseModel):
     @property
     def experiment_name(self) -> str:
         """The Tune experiment's folder under the Ray storage dir: one per tenant, so --resume finds it."""
-        return f"tune-{self.tenant}"
+        return experiment_name(self.tenant)
 
     @property
     def epochs_cap(self) -> int:
@@ -107,3 +107,8 @@ class TuneJob(BaseModel):
 
     def fixed_params(self) -> dict:
         return {name: getattr(self, name) for name in FIXED_FIELDS if name != "tenant"}
+
+
+def experiment_name(tenant: str) -> str:
+    """``tune-<tenant>``: a tenant's Tune experiment folder under the Ray storage dir."""
+    return f"tune-{tenant}"

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
 import threading
+
+import pytest
 
 from cluster import ProgressView, ProgressWriter, follow_progress, render_log
 
@@ -84,3 +87,17 @@ def test_events_written_while_the_driver_reads_are_all_shown_in_order(tmp_path):
         thread.start()
         thread.join()
     assert seen == list(range(1, 301))
+
+
+def test_a_view_pickles_without_its_stream_and_shows_on_stderr_after(capsys):
+    """Ray pickles a search's callbacks with the experiment state; a view holds the driver's stderr,
+    which cannot be pickled under a notebook or a test's capture (tune_tenant called from Python)."""
+    import pickle
+
+    view = ProgressView("search john", "trials ended", logging.getLogger("attune.test"), 0.0, bar=False)
+    view.step(1, 4, text="first")
+    with pytest.raises(TypeError):
+        pickle.dumps(sys.stderr)  # what the view held: the capture's stream
+    copy = pickle.loads(pickle.dumps(view))
+    assert copy.stream is sys.stderr and copy.bar is None and copy.desc == "search john"
+    copy.step(4, 4, text="done")

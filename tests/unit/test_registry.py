@@ -106,7 +106,9 @@ def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path):
         reg.register_candidate(tenant, fake_model_dir(tmp_path / "m"), record(tenant))
     reg.promote("john", "1")
     summary = reg.delete_tenant("john")
+    run_ids = summary.pop("run_ids")
     assert summary == {"tenant": "john", "deleted_versions": 1, "deleted_runs": 1, "purged": True}
+    assert len(run_ids) == 1 and reg.client.get_experiment_by_name("tenant.jane") is not None
     assert not (tmp_path / "store" / "artifacts" / "tenant.john").exists()
     assert (tmp_path / "store" / "artifacts" / "tenant.jane").exists()
     assert reg.client.get_experiment_by_name("tenant.john") is None

@@ -51,7 +51,11 @@ def test_list_show_promote_rollback_and_delete_tenant(tmp_path, attune_home, cap
     assert main(["registry", "delete-tenant", "john"]) == 2
     assert "--yes" in capsys.readouterr().err
     assert main(["registry", "delete-tenant", "john", "--yes", "--json"]) == 0
-    assert _json(capsys) == {"tenant": "john", "deleted_versions": 2, "deleted_runs": 2, "purged": True}
+    report = _json(capsys)
+    (registry,) = [part for part in report["stores"] if part["store"] == "registry"]
+    assert registry["removed"][0] == "registered model tenant.john and its 2 version(s)"
+    assert sum(item.startswith("run ") for item in registry["removed"]) == 2
+    assert registry["removed"][-1] == "experiment tenant.john"
     assert not (attune_home / "artifacts" / "tenant.john").exists()
     assert main(["predict", "--tenant", "john", "--text", "x"]) == 2
     assert "has no registered model" in capsys.readouterr().err

@@ -99,3 +99,31 @@ def test_a_registry_down_at_the_first_snapshot_answers_503_without_the_stores_er
     assert (err.value.http_status, err.value.code, err.value.headers()["retry-after"]) == (
         503, "registry_unavailable", "5")
     assert "connection refused" not in str(err.value.body())
+
+
+def test_an_erased_tenant_leaves_the_directory_and_its_re_creation_is_read_again():
+    """Erased: the next snapshot lacks the tenant, the replica is told (it drops the models) and the
+    version details go; re-created, its version 1 is read from the registry again, never reused."""
+    clock, registry = Clock(), FakeRegistry({"acme": "1", "john": "1"})
+    snapshots = []
+    directory = ChampionDirectory(registry, ttl_s=5.0, clock=clock, on_snapshot=snapshots.append)
+
+    async def refresh():
+        clock.now += 5.1
+        await directory.get("john")
+        await asyncio.sleep(0.01)
+
+    async def go():
+        first = await directory.get("acme")
+        del registry.champions_map["acme"]
+        await refresh()
+        assert snapshots[-1] == {"john": "1"} and ("acme", "1") not in directory.infos
+        with pytest.raises(UnknownTenantError):
+            await directory.get("acme")
+        registry.champions_map["acme"] = "1"
+        await refresh()
+        again = await directory.get("acme")
+        assert again is not first and again.version == "1"
+
+    asyncio.run(go())
+    assert registry.calls.count(("version", "acme", "1")) == 2

@@ -324,3 +324,25 @@ def test_concurrent_full_loads_never_hold_more_models_than_allowed(exports):
 
     asyncio.run(go())
     assert counts == [1] * len(LABELS)
+
+
+def test_retain_drops_the_idle_models_no_champion_needs_and_keeps_pinned_ones(exports):
+    store = _Store({"john:1": exports[("lora", "positive")], "john:2": exports[("lora", "negative")],
+                    "acme:1": exports[("full", "positive")], "jane:1": exports[("lora", "negative")]})
+    cache = _cache(store)
+
+    async def go():
+        loaded = {f"{t}:{v}": await cache.acquire(t, v, "sum") for t, v in
+                  (("john", "1"), ("john", "2"), ("acme", "1"), ("jane", "1"))}
+        for key in ("john:1", "acme:1", "jane:1"):
+            cache.release(loaded[key])
+        # john's champion is v2 (v1 was demoted), acme was erased, jane is unchanged; john v2 is in use
+        assert cache.retain({"john": "2", "jane": "1"}) == ["john:1:sum", "acme:1:sum"]
+        assert sorted(cache.models) == ["jane:1:sum", "john:2:sum"]
+        assert cache.retain({"jane": "1"}) == []  # john v2 is pinned: it stays until its batch ran
+        cache.release(loaded["john:2"])
+        assert cache.retain({"jane": "1"}) == ["john:2:sum"]
+
+    asyncio.run(go())
+    (bank,) = cache.banks.values()
+    assert len(bank.used) == 1 and cache.stats()["adapter_bytes"] == bank.slot_bytes
