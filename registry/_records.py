@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry._names import TAG_CHECKSUM, TAG_PROMOTED, TAG_PROMOTED_AT, TAG_REASON, TAG_TEMPERATURE, tenant_of
 
 METRIC_PREFIX = "attune.metric."
+RUN_TAG_MAX_CHARS = 8000  # MLflow cuts a run tag's value at this length (a version tag's at 100,000)
 
 
 class Lineage(BaseModel):
@@ -60,7 +61,15 @@ class RunRecord(BaseModel):
 
     @property
     def tags(self) -> dict[str, str]:
-        return {**self.lineage.tags(), **self.extra_tags}
+        """The run's tags. A label list too long for a run tag (MLflow would cut it into invalid JSON)
+        stays on the registered version (``version_tags``) and in the model's ``attune.json``; the run
+        gets its count and where to find it."""
+        tags = {**self.lineage.tags(), **self.extra_tags}
+        if len(tags.get("attune.labels", "")) > RUN_TAG_MAX_CHARS:
+            tags["attune.labels"] = json.dumps({"count": len(self.lineage.labels), "too_long_for_a_run_tag": True,
+                                                "see": "the registered version's attune.labels tag, or the "
+                                                       "model's attune.json"})
+        return tags
 
     @property
     def version_tags(self) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """The registry API on the embedded default (SQLite + a local folder): no Ray, no training."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from registry import ArtifactIntegrityError, InvalidTenantError, NoChampionError, RegistryError, TenantNotFoundError
@@ -32,6 +34,19 @@ def test_version_carries_lineage_metrics_and_checksum_and_run_history(reg, tmp_p
     curve = reg.client.get_metric_history(version.run_id, "val_macro_f1")
     assert [(m.step, m.value) for m in curve] == [(1, 0.6), (2, 0.8)]
     assert reg.client.get_experiment(run.info.experiment_id).name == "tenant.john"
+
+
+def test_the_largest_label_set_the_data_limits_allow_is_kept_whole(reg, tmp_path):
+    """500 labels of 100 characters (ATTUNE_MAX_LABELS, ATTUNE_MAX_LABEL_CHARS): about 52,000 characters of
+    JSON, past the 8,000 MLflow keeps of a run tag. The version keeps the list whole; the run's tag stays
+    valid JSON and says where the list is."""
+    labels = [f"{i:03d}-" + "x" * 96 for i in range(500)]
+    rec = record()
+    rec = rec.model_copy(update={"lineage": rec.lineage.model_copy(update={"labels": labels})})
+    version = reg.register_candidate("john", fake_model_dir(tmp_path / "m"), rec)
+    assert version.labels == labels and reg.get_version("john", version.version).labels == labels
+    run_tag = json.loads(reg.client.get_run(version.run_id).data.tags["attune.labels"])
+    assert run_tag["count"] == 500 and "attune.json" in run_tag["see"]
 
 
 def test_no_champion_and_unknown_tenant_say_what_to_run(reg, tmp_path):
