@@ -77,8 +77,9 @@ class Settings(BaseModel):
                                     description="a challenger may trail the champion's macro-F1 by this much")
     promotion_floor: float = Field(default=0.5, ge=0, le=1,
                                    description="test macro-F1 a tenant's first version needs to be promoted")
-    serve_refresh_s: float = Field(default=5.0, gt=0, le=300,
-                                   description="serve: seconds a tenant's resolved champion is cached")
+    serve_refresh_s: float = Field(default=5.0, gt=0, le=10,
+                                   description="serve: seconds a tenant's resolved champion is cached (at most 10, "
+                                               "so an erased tenant leaves every replica within 10 s)")
     serve_keys_refresh_s: float = Field(default=5.0, gt=0, le=10,
                                         description="serve: seconds an API key check is cached (revocation delay)")
     keys_db_url: Optional[str] = Field(

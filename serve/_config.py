@@ -146,7 +146,7 @@ class AppSpec(BaseModel):
     tracking_uri: str
     artifact_root: Optional[str] = None
     keys_url: Optional[str] = None
-    refresh_s: float = Field(default=5.0, gt=0, description="ATTUNE_SERVE_REFRESH_S: champion cache TTL")
+    refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_REFRESH_S: champion cache TTL")
     keys_refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_KEYS_REFRESH_S")
     insecure_no_auth: bool = False
 

@@ -74,3 +74,9 @@ def test_spec_takes_serve_settings_from_the_environment(tmp_path):
 def test_key_refresh_above_ten_seconds_is_rejected():
     with pytest.raises(SettingsError, match="ATTUNE_SERVE_KEYS_REFRESH_S='11'"):
         get_settings({"ATTUNE_SERVE_KEYS_REFRESH_S": "11"})
+
+
+def test_the_champion_refresh_is_at_most_ten_seconds_so_an_erasure_reaches_every_replica(tmp_path):
+    assert get_settings({"ATTUNE_SERVE_REFRESH_S": "10"}).serve_refresh_s == 10.0
+    with pytest.raises(SettingsError, match="ATTUNE_SERVE_REFRESH_S"):
+        get_settings({"ATTUNE_SERVE_REFRESH_S": "60"})
