@@ -4,16 +4,21 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Optional
 
 from cluster._errors import AttuneError
+from cluster._head import (  # noqa: F401
+    HEAD_FILE,
+    PortPicker,
+    head_file,
+    head_log,
+    head_temp_dir,
+    local_head,
+    ray_executable,
+    start_head,
+    stop_local_head,
+)
 from cluster._settings import Settings
 from cluster._worker_setup import SETUP_HOOK
 
@@ -195,59 +200,24 @@ def cluster_cpus() -> Optional[int]:
     return int(ray.cluster_resources().get("CPU", 0)) if ray.is_initialized() else None
 
 
-# -- the detached local head (``attune serve up --detach``) ---------------------------------------
-
-HEAD_FILE = "ray-head.json"
+# -- the detached local head (``attune serve up --detach``): the work is in ``cluster._head`` -----------
 
 
-def head_file(settings: Settings) -> Path:
-    return Path(settings.home).resolve() / HEAD_FILE
-
-
-def head_temp_dir(settings: Settings) -> Path:
-    """The head's own Ray temp folder. Never Ray's default ``/tmp/ray``: `ray start` records itself
-    there as "the" local cluster, and every plain ``ray.init()`` on the machine would then join it.
-    Short, because Ray's unix socket paths under it must stay below about 107 characters."""
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(str(Path(settings.home).resolve()).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"attune-ray-{digest}"
-
-
-def local_head(settings: Settings) -> Optional[dict]:
-    """The recorded local head when its process is alive and its GCS port answers, else None."""
-    path = head_file(settings)
-    if not path.is_file():
-        return None
-    head = json.loads(path.read_text())
-    host, _, port = head["address"].rpartition(":")
-    if _pid_alive(int(head["pid"])) and _port_open(host, int(port)):
-        return head
-    logger.warning("ignoring stale %s (the Ray head it records is gone)", path)
-    return None
-
-
-def start_local_head(settings: Settings, timeout_s: float = 90.0) -> dict:
+def start_local_head(settings: Settings, timeout_s: float = 90.0, *,
+                     pick_ports: Optional[PortPicker] = None) -> dict:
     """Start a local Ray head in the background (``ray start --head --block``) and record it.
 
-    Every port is chosen free so it never collides with another Ray on this machine.
-    Stop it with :func:`stop_local_head`.
+    Returns once the head is up (see :mod:`cluster._head`); a taken port is retried with fresh
+    ports, a head that exits is reported at once. ``timeout_s`` bounds each try; ``pick_ports(n)``
+    picks n free ports (tests inject one). Stop it with :func:`stop_local_head`.
     """
     existing = local_head(settings)
     if existing is not None:
         return existing
-    ports = [_free_port() for _ in range(7)]
-    cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats",
-           "--node-ip-address=127.0.0.1", f"--port={ports[0]}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={ports[1]}", f"--ray-client-server-port={ports[2]}",
-           f"--dashboard-agent-listen-port={ports[3]}", f"--metrics-export-port={ports[4]}",
-           f"--runtime-env-agent-port={ports[5]}", f"--dashboard-agent-grpc-port={ports[6]}",
-           f"--temp-dir={head_temp_dir(settings)}"]
+    cmd = [ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
+           "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--temp-dir={head_temp_dir(settings)}"]
     if settings.ray_num_cpus:
         cmd.append(f"--num-cpus={settings.ray_num_cpus}")
-    path = head_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **_WORKER_ENV}
     env.pop("RAY_ADDRESS", None)
     # On SIGTERM Ray first drains the node so Serve can move replicas to other nodes, for up to 30 s.
@@ -259,39 +229,7 @@ def start_local_head(settings: Settings, timeout_s: float = 90.0) -> dict:
     if env["RAY_AUTH_MODE"] == "token":  # make sure ~/.ray/auth_token exists (never printed)
         subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(path.with_suffix(".log"), "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    head = {"address": f"127.0.0.1:{ports[0]}", "pid": proc.pid, "dashboard_port": ports[1],
-            "metrics_export_port": ports[4], "auth_mode": env["RAY_AUTH_MODE"], "started_at": time.time()}
-    deadline = time.monotonic() + timeout_s
-    while not _port_open("127.0.0.1", ports[0]):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RayUnavailableError(f"the local Ray head did not start; see {path.with_suffix('.log')}")
-        time.sleep(0.5)
-    path.write_text(json.dumps(head, indent=2) + "\n")
-    logger.info("started a local Ray head at %s (pid %d), recorded in %s", head["address"], proc.pid, path)
-    return head
-
-
-def stop_local_head(settings: Settings, timeout_s: float = 30.0) -> bool:
-    """Stop the head :func:`start_local_head` recorded (only that one); True when one was stopped."""
-    path = head_file(settings)
-    if not path.is_file():
-        return False
-    pid = int(json.loads(path.read_text())["pid"])
-    stopped = False
-    if _pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
-        deadline = time.monotonic() + timeout_s
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _pid_alive(pid):
-            os.killpg(pid, signal.SIGKILL)  # its own session: only what that head started
-        stopped = True
-    path.unlink(missing_ok=True)
-    shutil.rmtree(head_temp_dir(settings), ignore_errors=True)
-    return stopped
+    return start_head(settings, cmd, env, timeout_s, pick_ports)
 
 
 def _use_auth_mode(mode: str) -> None:
@@ -304,31 +242,3 @@ def _use_auth_mode(mode: str) -> None:
         Config.initialize("")
     except Exception as exc:  # noqa: BLE001 - a Ray without this hook reads the variable at connect time
         logger.debug("could not refresh Ray's config: %s", exc)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

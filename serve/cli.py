@@ -12,6 +12,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from cluster import add_json_flag
 
@@ -110,20 +111,21 @@ def _run_keys_list(args: argparse.Namespace) -> int:
 
 def _run_up(args: argparse.Namespace) -> int:
     from cluster import init_ray, start_local_head
-    from serve._app import deploy, teardown, wait_ready, write_state
+    from serve._app import deploy, teardown, write_state
     from serve._config import AppSpec, load_config
     from serve._errors import DeployError
 
     settings = _settings(args)
     spec = AppSpec.from_settings(settings, load_config(args.config), insecure_no_auth=args.insecure_no_auth)
     _check_auth(settings, args.insecure_no_auth)
-    started_head = False
+    started_head, head = False, None
     if args.detach and not settings.ray_address:
         started_head = _head_missing(settings)
-        start_local_head(settings)
+        head = start_local_head(settings)
+    _check_head(settings, head)
     init_ray(settings)
     url = deploy(spec, host=args.host, port=args.port)
-    if not wait_ready(url, args.ready_timeout_s):
+    if not _wait_ready(settings, head, url, args.ready_timeout_s):
         raise DeployError(f"the application did not become ready within {args.ready_timeout_s:g}s "
                            f"({url}/readyz); see `attune serve status`")
     state = {"url": url, "host": args.host, "port": args.port, "ray_address": settings.ray_address,
@@ -150,6 +152,29 @@ def _check_auth(settings, insecure: bool) -> None:
     if count == 0:
         logger.warning("no API keys exist yet, so every request will get 401; create one with "
                        "`attune keys create --tenant T` (or `--admin`)")
+
+
+def _wait_ready(settings, head: Optional[dict], url: str, timeout_s: float) -> bool:
+    """Wait for ``url/readyz``; a local head that exits meanwhile fails at once, not at the timeout."""
+    from serve._app import wait_ready
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if wait_ready(url, min(1.0, deadline - time.monotonic())):
+            return True
+        _check_head(settings, head)
+    return False
+
+
+def _check_head(settings, head: Optional[dict]) -> None:
+    """Raise when the local head ``serve up --detach`` started (or joined) is gone."""
+    from cluster import RayUnavailableError, local_head
+
+    if head is not None and local_head(settings) is None:
+        raise RayUnavailableError(
+            f"the local Ray head (pid {head['pid']}, {head['address']}) exited while the endpoint was starting; "
+            f"see its output in {head.get('log', Path(settings.home) / 'ray-head.log')} and Ray's logs in "
+            f"{head.get('ray_logs', 'its temp folder')}, then run `attune serve up --detach` again")
 
 
 def _head_missing(settings) -> bool:
