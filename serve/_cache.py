@@ -243,10 +243,13 @@ class ModelCache:
             model.bank.remove(model.slot)
         logger.debug("evicted %s", model.key)
 
-    def retain(self, champions: dict[str, str]) -> list[str]:
-        """Evict every idle model that is not its tenant's champion in ``champions`` (tenant -> version):
-        an erased tenant's, a demoted version's. A pinned one goes at a later call. The keys evicted."""
-        gone = [m for m in self.models.values() if m.pins == 0 and champions.get(m.tenant) != m.version]
+    def retain(self, champions: dict[str, str], also: Optional[dict[str, str]] = None) -> list[str]:
+        """Evict every idle model that is not its tenant's champion in ``champions`` (tenant -> version)
+        nor the version ``also`` keeps for it (the one serving while a new champion fails to load): an
+        erased tenant's, a demoted version's. A pinned one goes at a later call. The keys evicted."""
+        also = also or {}
+        gone = [m for m in self.models.values()
+                if m.pins == 0 and m.version not in (champions.get(m.tenant), also.get(m.tenant))]
         for model in gone:
             self.evict(model)
         if gone:

@@ -8,7 +8,8 @@ the replica's shared base, so Serve's proxy spreads requests over the replicas b
 Routes: ``POST /v1/tenants/{tenant}/predict``, ``GET /v1/tenants/{tenant}``, ``GET /healthz``,
 ``GET /readyz``, ``GET /docs`` (the OpenAPI document as JSON; Swagger UI for browsers) and
 ``GET /openapi.json``. Every error is ``{"error": {"code", "message"}}``; a 503 the client may retry
-carries ``Retry-After``.
+carries ``Retry-After``. A champion that fails to load on a replica is answered by the tenant's
+previous version, with ``x-attune-fallback`` saying so (``serve._fallback``).
 """
 
 import asyncio
@@ -36,13 +37,14 @@ from serve._cache import ModelCache
 from serve._champions import ChampionDirectory
 from serve._config import AppSpec
 from serve._errors import InvalidRequestError, ServeError
+from serve._fallback import LastGood
 from serve._metrics import EndpointMetrics
 from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body, read_limited
 
 logger = logging.getLogger("attune.serve")
 VERSION_HEADER = "x-attune-model-version"
 REQUEST_ID_HEADER = "x-attune-request-id"  # on a 500: the id that the replica's log line carries
-CHECKSUM_TAG = "attune.checksum"
+FALLBACK_HEADER = "x-attune-fallback"  # the champion failed to load; an earlier version answered
 STATUS_MODELS = 200  # model keys a replica reports to `attune serve status`
 
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
@@ -51,6 +53,12 @@ _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in
     (429, "too many requests waiting; retry after Retry-After seconds"),
     (503, "the tenant's model failed to load, or the registry or key store cannot be read; retry after "
             "Retry-After seconds"))}
+
+_PREDICT_HEADERS = {200: {"headers": {
+    VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}},
+    FALLBACK_HEADER: {"description": "only when the champion failed to load on this replica and its previous "
+                                     "version answered instead, e.g. `champion v3 failed to load (<reason>); "
+                                     "served v2`", "schema": {"type": "string"}}}}}
 
 app = FastAPI(title="attune", version="1", docs_url=None, redoc_url=None,
               description="Every tenant's calibrated classifier behind one endpoint. "
@@ -118,7 +126,7 @@ class Endpoint:
         _warm_imports()  # so the first request does not pay for importing transformers and safetensors
         self.registry = Registry(self.spec.tracking_uri, self.spec.artifact_root)
         self.champions = ChampionDirectory(self.registry, self.spec.refresh_s,
-                                           on_snapshot=lambda versions: self.models.retain(versions))
+                                           on_snapshot=self._retain)
         self.auth = Authenticator(self._key_store(), self.spec.keys_refresh_s,
                                   insecure_no_auth=self.spec.insecure_no_auth)
         self.metrics = EndpointMetrics()
@@ -130,6 +138,7 @@ class Endpoint:
                                  backoff=LoadBackoff(cfg.load_retry_initial_s, cfg.load_retry_max_s),
                                  max_seq_len=cfg.max_seq_len, scratch=root / self.replica_id,
                                  on_load=self.metrics.loaded, on_lookup=self.metrics.lookup)
+        self.fallback = LastGood(self.models, self.registry, self.spec.refresh_s)
         cross_tenant = cfg.cross_tenant_batching
         self.batcher = Batcher(lambda requests: run_batch(requests, cross_tenant), max_batch_size=cfg.max_batch_size,
                                wait_s=cfg.batch_wait_timeout_s, gather_s=cfg.batch_gather_s)
@@ -143,7 +152,8 @@ class Endpoint:
 
         return KeyStore(self.spec.keys_url)
 
-    @app.post("/v1/tenants/{tenant}/predict", response_model=PredictResponse, responses=_ERRORS,
+    @app.post("/v1/tenants/{tenant}/predict", response_model=PredictResponse,
+              responses={**_PREDICT_HEADERS, **_ERRORS},
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/json": {"schema": PredictBody.model_json_schema()}}}},
               summary="Calibrated predictions from the tenant's champion model")
@@ -160,10 +170,11 @@ class Endpoint:
             texts = parse_predict_body(raw, max_texts=limits.max_texts, max_chars=limits.max_chars)
             info = await self._champion(tenant)
             counted = False
-            predictions = await self._predict(tenant, info, texts)
+            predictions, served = await self._predict(tenant, info, texts)
             status = 200
-            return JSONResponse({"tenant": tenant, "model_version": info.version, "predictions": predictions},
-                                headers={VERSION_HEADER: info.version})
+            headers = {VERSION_HEADER: served.info.version, **({FALLBACK_HEADER: served.note} if served.note else {})}
+            return JSONResponse({"tenant": tenant, "model_version": served.info.version, "predictions": predictions},
+                                headers=headers)
         except ServeError as exc:
             status = exc.http_status
             raise
@@ -172,17 +183,21 @@ class Endpoint:
                 self.batcher.gone()
             self.metrics.observe(tag, status, (time.perf_counter() - started) * 1000)
 
-    async def _predict(self, tenant: str, info, texts: list[str]) -> list[dict]:
-        """Pin the model, join the next batch, release. Until it joins, the request counts as arriving
-        (the batcher waits a little for such requests rather than starting a batch without them)."""
+    async def _predict(self, tenant: str, info, texts: list[str]):
+        """Pin the model (the champion's, or the previous version's when it fails to load), join the next
+        batch, release; the predictions and what served them. Until it joins, the request counts as
+        arriving (the batcher waits a little for such requests rather than starting a batch without them)."""
         joined = False
         try:
-            model = await self.models.acquire(tenant, info.version, info.tags.get(CHECKSUM_TAG))
+            served = await self.fallback.acquire(tenant, info)
             try:
                 joined = True
-                return await self.batcher.submit(BatchRequest(model=model, texts=texts, temperature=info.temperature))
+                predictions = await self.batcher.submit(
+                    BatchRequest(model=served.model, texts=texts, temperature=served.info.temperature))
+                self.fallback.succeeded(tenant, served.info)
+                return predictions, served
             finally:
-                self.models.release(model)
+                self.models.release(served.model)
                 self.served += 1
         finally:
             if not joined:
@@ -222,6 +237,10 @@ class Endpoint:
 
     async def _champion(self, tenant: str):
         return await self.champions.get(tenant)
+
+    def _retain(self, champions: dict) -> None:
+        """After each champions snapshot: drop the models that neither a champion nor a fallback needs."""
+        self.models.retain(champions, self.fallback.keep(champions))
 
     def _download(self, tenant: str, version: str, dest: Path) -> Path:
         path, _ = self.registry.download(tenant, version, dest)
