@@ -6,10 +6,25 @@ Ray exports them on each node's Prometheus endpoint (the metrics agent, port
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
+from registry import TENANT_ID_PATTERN
+
+# Tags that name no tenant (no tenant id starts with "_"): before authentication, and a path that is no tenant id
+UNAUTHORIZED_TAG, INVALID_TENANT_TAG = "_unauthorized", "_invalid"
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 LOAD_BOUNDARIES_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60]
+
+
+def tenant_tag(tenant: str) -> str:
+    """``tenant`` as a metric tag: a tenant id (ASCII, at most 63 characters) or a reserved tag as it is,
+    anything else that a request's path may hold as ``INVALID_TENANT_TAG``. Ray's metric tags must be
+    ASCII: a path such as ``/v1/tenants/%C2%80/predict`` raised in the metrics and turned a 404 into a 500."""
+    if tenant in (UNAUTHORIZED_TAG, INVALID_TENANT_TAG) or _TENANT_ID.fullmatch(tenant):
+        return tenant
+    return INVALID_TENANT_TAG
 
 
 class IngressMetrics:
@@ -24,8 +39,10 @@ class IngressMetrics:
                                          boundaries=LATENCY_BOUNDARIES_MS, tag_keys=("tenant",))
 
     def observe(self, tenant: str, status: int, latency_ms: float) -> None:
-        self.requests.inc(1, tags={"tenant": tenant, "status": str(status)})
-        self.latency.observe(latency_ms, tags={"tenant": tenant})
+        """One request; ``tenant`` is the path's tenant once authenticated, else ``UNAUTHORIZED_TAG``."""
+        tag = tenant_tag(tenant)
+        self.requests.inc(1, tags={"tenant": tag, "status": str(status)})
+        self.latency.observe(latency_ms, tags={"tenant": tag})
 
 
 class ModelMetrics:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator, Optional
+from typing import Annotated, AsyncIterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve._errors import InvalidRequestError, PayloadTooLargeError
 
 MAX_REPORTED = 5  # problems listed in one 422 message
+NO_NUL_PATTERN = r"^[^\u0000]*$"  # the same in JSON Schema's (ECMA-262), Python's and pydantic's regex dialects
 
 
 class PredictBody(BaseModel):
@@ -16,8 +17,10 @@ class PredictBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    texts: list[str] = Field(min_length=1, description="texts to classify (at most max_texts, each at most "
-                                                       "max_chars characters)")
+    # each text without NUL (U+0000), as parse_predict_body requires: the pattern puts that rule in the OpenAPI
+    texts: list[Annotated[str, Field(pattern=NO_NUL_PATTERN)]] = Field(
+        min_length=1, description="texts to classify (at most max_texts, each at most max_chars characters and "
+                                  "without NUL)")
 
 
 class Prediction(BaseModel):
