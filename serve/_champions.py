@@ -26,11 +26,15 @@ class ChampionCache:
     serving and the failure is logged, rather than failing requests that were being answered.
     """
 
-    def __init__(self, resolve: Callable[[str], object], ttl_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, resolve: Callable[[str], object], ttl_s: float, clock: Callable[[], float] = time.monotonic,
+                 max_entries: int = 100_000):
+        from cachetools import LRUCache
+
         self.resolve = resolve
         self.ttl_s = ttl_s
         self.clock = clock
-        self._entries: dict[str, tuple[float, object]] = {}
+        # bounded: a caller naming made-up tenants (each a cached 404) cannot grow it without end
+        self._entries: LRUCache = LRUCache(maxsize=max_entries)
 
     def fresh(self, tenant: str) -> bool:
         entry = self._entries.get(tenant)

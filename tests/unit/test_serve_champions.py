@@ -127,3 +127,16 @@ def test_an_erased_tenant_leaves_the_directory_and_its_re_creation_is_read_again
 
     asyncio.run(go())
     assert registry.calls.count(("version", "acme", "1")) == 2
+
+
+def test_made_up_tenants_cannot_grow_the_lookup_cache_without_end():
+    """An admin key may ask for any tenant id: each unknown one is a cached 404, in a bounded cache."""
+    from serve._champions import ChampionCache
+
+    registry = FakeRegistry({"john": "1"})
+    cache = ChampionCache(registry.champion, ttl_s=60.0, clock=Clock(), max_entries=100)
+    for i in range(1000):
+        with pytest.raises(UnknownTenantError):
+            cache.get(f"ghost-{i}")
+    assert cache.get("john").version == "1"
+    assert len(cache._entries) == 100 and cache.fresh("john")
