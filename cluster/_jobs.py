@@ -40,6 +40,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 # Of this shell's environment only ATTUNE_* goes with a job unless asked (--env): others may hold secrets.
 _ATTUNE_PREFIX = "ATTUNE_"
+# ... and MLFLOW_TRACKING_URI where it is this shell's tracking URI (ATTUNE_MLFLOW_TRACKING_URI unset or
+# empty; cluster._settings.FALLBACKS), under its own name: on the cluster too a set ATTUNE_ value wins over it.
+_TRACKING_URI, _MLFLOW_TRACKING_URI = "ATTUNE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"
 # A job's runtime env is stored with it and shown on the Ray dashboard to anyone who can open it: no
 # credential goes there; the cluster reads its own from its environment (see CREDENTIALS_DOC).
 CREDENTIALS_DOC = "docs/cluster.md#credentials"
@@ -189,14 +192,12 @@ def client(url: str):
 
 def job_env_vars(settings: Settings, url: str, extra: list[str], *, home_flag: bool = False,
                  environ: Optional[dict] = None) -> dict:
-    """Environment of the job: attune's worker defaults, every ``ATTUNE_*`` variable set here that holds
-    no credential (see :func:`withheld_settings`), the state folder when the cluster shares this machine,
-    and each ``--env NAME[=VALUE]`` (a credential there is refused)."""
+    """Environment of the job: attune's worker defaults, every setting set here that holds no credential
+    (:func:`settings_vars`; see :func:`withheld_settings`), the state folder when the cluster shares this
+    machine, and each ``--env NAME[=VALUE]`` (a credential there is refused)."""
     environ = os.environ if environ is None else environ
     env = dict(_WORKER_ENV)
-    env.update({k: v for k, v in environ.items()
-                if k.startswith(_ATTUNE_PREFIX) and v != "" and secret_reason(k, v) is None})
-    env.pop("ATTUNE_RAY_DASHBOARD", None)  # a submitter's setting, meaningless inside the cluster
+    env.update({k: v for k, v in settings_vars(environ).items() if secret_reason(k, v) is None})
     if "ATTUNE_HOME" in env or home_flag or is_local(url):  # never a relative path: the job's cwd is its code copy
         env["ATTUNE_HOME"] = str(Path(settings.home).resolve())
     for item in extra:
@@ -214,6 +215,17 @@ def job_env_vars(settings: Settings, url: str, extra: list[str], *, home_flag: b
     return env
 
 
+def settings_vars(environ: dict) -> dict[str, str]:
+    """The settings of this shell that a job would carry: every non-empty ``ATTUNE_*`` variable but
+    ``ATTUNE_RAY_DASHBOARD`` (a submitter's setting, meaningless inside the cluster), and
+    ``MLFLOW_TRACKING_URI`` when it is the tracking URI here (no ``ATTUNE_MLFLOW_TRACKING_URI``)."""
+    found = {k: v for k, v in environ.items()
+             if k.startswith(_ATTUNE_PREFIX) and v != "" and k != "ATTUNE_RAY_DASHBOARD"}
+    if not environ.get(_TRACKING_URI) and environ.get(_MLFLOW_TRACKING_URI):
+        found[_MLFLOW_TRACKING_URI] = environ[_MLFLOW_TRACKING_URI]
+    return found
+
+
 def secret_reason(name: str, value: str) -> Optional[str]:
     """Why ``name=value`` is a credential that must not go with a job (its name, or a password, token or
     API key in its value), or None when it holds none. Never quotes the value."""
@@ -229,10 +241,9 @@ def credential_in(text: str) -> Optional[str]:
 
 
 def withheld_settings(environ: Optional[dict] = None) -> dict[str, str]:
-    """``{name: why}`` of the ``ATTUNE_*`` variables set here that :func:`job_env_vars` leaves out."""
+    """``{name: why}`` of the settings set here (:func:`settings_vars`) that :func:`job_env_vars` leaves out."""
     environ = os.environ if environ is None else environ
-    found = {k: secret_reason(k, v) for k, v in environ.items()
-             if k.startswith(_ATTUNE_PREFIX) and v != "" and k != "ATTUNE_RAY_DASHBOARD"}
+    found = {k: secret_reason(k, v) for k, v in settings_vars(environ).items()}
     return {k: why for k, why in sorted(found.items()) if why is not None}
 
 

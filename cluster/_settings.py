@@ -1,7 +1,9 @@
 """All ``ATTUNE_*`` environment settings, parsed and validated in one place.
 
 Every setting has an environment variable; the CLI exposes a flag where one
-makes sense and the flag wins over the variable.
+makes sense and the flag wins over the variable. Two settings fall back to the variable their
+tool's users already set (see ``FALLBACKS``): ``ATTUNE_MLFLOW_TRACKING_URI`` wins, otherwise
+``MLFLOW_TRACKING_URI`` is used, otherwise the embedded SQLite store.
 """
 from __future__ import annotations
 
@@ -40,6 +42,11 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_MAX_LABELS": "max_labels",
     "ATTUNE_MAX_LABEL_CHARS": "max_label_chars",
 }
+# setting's env var -> the variable read when that one is unset or empty (the tool's own name for it)
+FALLBACKS: dict[str, str] = {
+    "ATTUNE_S3_ENDPOINT_URL": "AWS_ENDPOINT_URL",
+    "ATTUNE_MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
+}
 
 
 class SettingsError(UsageError):
@@ -67,7 +74,7 @@ class Settings(BaseModel):
     newsdesk_data: Optional[Path] = Field(default=None, description="Twitter Financial News CSV folder.")
     mlflow_tracking_uri: Optional[str] = Field(
         default=None, description="MLflow tracking/registry URI: http(s)://server, postgresql://..., sqlite:///... "
-                                  "(default sqlite:///$ATTUNE_HOME/mlflow.db)")
+                                  "(else MLFLOW_TRACKING_URI, else sqlite:///$ATTUNE_HOME/mlflow.db)")
     mlflow_artifact_root: Optional[str] = Field(
         default=None, description="artifact root for new experiments with a direct database URI: "
                                   "a folder or s3://bucket/prefix (default $ATTUNE_HOME/artifacts)")
@@ -105,6 +112,8 @@ class Settings(BaseModel):
 
     @property
     def tracking_uri(self) -> str:
+        """``ATTUNE_MLFLOW_TRACKING_URI``, else ``MLFLOW_TRACKING_URI`` (both read into ``mlflow_tracking_uri``
+        by :func:`get_settings`), else the embedded SQLite store in ``home``."""
         return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
     @property
@@ -121,11 +130,9 @@ def get_settings(environ: Optional[dict[str, str]] = None, **overrides) -> Setti
     environ = os.environ if environ is None else environ
     values: dict = {}
     for var, field in ENV_VARS.items():
-        raw = environ.get(var)
-        if raw not in (None, ""):
+        raw = environ.get(var) or environ.get(FALLBACKS.get(var, ""))  # an empty value counts as unset
+        if raw:
             values[field] = raw
-    if not values.get("s3_endpoint_url") and environ.get("AWS_ENDPOINT_URL"):
-        values["s3_endpoint_url"] = environ["AWS_ENDPOINT_URL"]
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**values)

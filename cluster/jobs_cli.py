@@ -162,11 +162,12 @@ def _run_submit(args: argparse.Namespace) -> int:
 def _warn_private_registry(settings, url: str, env: dict) -> None:
     from cluster import _jobs
 
-    if _jobs.is_local(url) or "ATTUNE_MLFLOW_TRACKING_URI" in env:
+    if _jobs.is_local(url) or {"ATTUNE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"} & set(env):
         return
-    logger.warning("the cluster at %s is not on this machine and ATTUNE_MLFLOW_TRACKING_URI is not set: the job "
-                   "uses the registry its own environment configures (by default a SQLite file on the cluster "
-                   "node), not %s. Set ATTUNE_MLFLOW_TRACKING_URI to a shared tracking server to share one.",
+    logger.warning("the cluster at %s is not on this machine and neither ATTUNE_MLFLOW_TRACKING_URI nor "
+                   "MLFLOW_TRACKING_URI is set: the job uses the registry its own environment configures (by "
+                   "default a SQLite file on the cluster node), not %s. Set ATTUNE_MLFLOW_TRACKING_URI to a shared "
+                   "tracking server to share one.",
                    url, settings.tracking_uri)
 
 

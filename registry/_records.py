@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from registry._names import TAG_CHECKSUM, TAG_PROMOTED, TAG_PROMOTED_AT, TAG_REASON, TAG_TEMPERATURE, tenant_of
 
 METRIC_PREFIX = "attune.metric."
+FIGURES_DIR = "figures"  # a run's pictures (reliability diagram, confusion matrix, a search's curves)
 RUN_TAG_MAX_CHARS = 8000  # MLflow cuts a run tag's value at this length (a version tag's at 100,000)
 
 
@@ -27,6 +29,8 @@ class Lineage(BaseModel):
     split_counts: dict[str, int] = {}
     labels: list[str] = []
     temperature: float = 1.0
+    calibration: Optional[str] = Field(default=None, description="why the version uses its temperature: "
+                                       "'fitted: ...' or 'kept T=1: ...' (train._calibration)")
     code_version: str
     attune_version: str
 
@@ -40,6 +44,8 @@ class Lineage(BaseModel):
             tags["attune.tenant"] = self.tenant
         if self.method:
             tags["attune.method"] = self.method
+        if self.calibration:
+            tags["attune.calibration"] = self.calibration
         if self.labels:
             tags["attune.labels"] = json.dumps(self.labels)
         for split, count in self.split_counts.items():
@@ -58,6 +64,13 @@ class RunRecord(BaseModel):
     history: list[dict[str, float]] = []
     lineage: Lineage
     extra_tags: dict[str, str] = Field(default={}, description="run tags beyond the lineage (e.g. a tune trial's id)")
+    figures: list[Path] = Field(default=[], description=f"image files logged as the run's artifacts "
+                                                        f"{FIGURES_DIR}/<file name>, which the MLflow UI shows")
+
+    @field_validator("figures")
+    @classmethod
+    def _figures(cls, paths: list[Path]) -> list[Path]:
+        return check_figures(paths)
 
     @property
     def tags(self) -> dict[str, str]:
@@ -76,6 +89,20 @@ class RunRecord(BaseModel):
         tags = self.lineage.tags()
         tags.update({METRIC_PREFIX + k: repr(float(v)) for k, v in self.metrics.items()})
         return tags
+
+
+def check_figures(paths) -> list[Path]:
+    """``paths`` as a list, each an existing file with a name of its own (they share one folder)."""
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"figure files not found: {missing[:5]}; draw them before logging the run")
+    names = [p.name for p in paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"figures share the file names {twice}, and {FIGURES_DIR}/ keeps one file per name; "
+                         "rename them")
+    return paths
 
 
 @dataclass

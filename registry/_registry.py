@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from registry import _promote
 from registry import _store as store
@@ -34,7 +34,7 @@ from registry._names import (
     tenant_model_name,
     tenant_of,
 )
-from registry._records import RunRecord, VersionInfo, version_info
+from registry._records import FIGURES_DIR, RunRecord, VersionInfo, check_figures, version_info
 from registry._register import create_run_once, register_candidate
 
 logger = logging.getLogger("attune.registry")
@@ -80,7 +80,8 @@ class Registry:
 
     def log_run(self, experiment: str, record: RunRecord, artifacts: Optional[Path] = None,
                 parent_run_id: Optional[str] = None, status: str = "FINISHED") -> str:
-        """One ended MLflow run: params, per-epoch and final metrics, tags, and ``artifacts/model``.
+        """One ended MLflow run: params, per-epoch and final metrics, tags, ``artifacts/model`` and the
+        record's figures (``figures/``).
 
         ``parent_run_id`` nests it under that run; ``status`` is how it ended (FINISHED, FAILED, KILLED).
         """
@@ -105,6 +106,7 @@ class Registry:
                 self._write(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]), "log metrics")
             if artifacts is not None:
                 self.client.log_artifacts(run_id, str(artifacts), "model")
+            self._log_figures(run_id, record.figures)
             self.client.set_terminated(run_id, status)
         except Exception as exc:
             self._abandon_run(run_id)
@@ -124,10 +126,12 @@ class Registry:
 
     def end_run(self, run_id: str, status: str = "FINISHED", *, metrics: Optional[dict] = None,
                 params: Optional[dict] = None, tags: Optional[dict] = None,
-                documents: Optional[dict] = None) -> None:
-        """Close a run from :meth:`start_run`; ``documents`` maps artifact file names to JSON or text."""
+                documents: Optional[dict] = None, figures: Sequence[Path] = ()) -> None:
+        """Close a run from :meth:`start_run`; ``documents`` maps artifact file names to JSON or text, and
+        ``figures`` are image files logged under ``figures/``."""
         from mlflow.entities import Metric, Param, RunTag
 
+        figures = check_figures(figures)  # before anything is written
         now = int(time.time() * 1000)
         self._write(lambda: self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
@@ -138,7 +142,12 @@ class Registry:
                 self.client.log_text(run_id, content, name)
             else:
                 self.client.log_dict(run_id, content, name)
+        self._log_figures(run_id, figures)
         self._write(lambda: self.client.set_terminated(run_id, status), "end run")
+
+    def _log_figures(self, run_id: str, figures: Sequence[Path]) -> None:
+        for path in figures:
+            self.client.log_artifact(run_id, str(path), FIGURES_DIR)
 
     def runs(self, experiment: str, parent_run_id: Optional[str] = None) -> list[dict]:
         """The experiment's runs, or only the children of ``parent_run_id``: id, name, status, tags,

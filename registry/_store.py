@@ -96,7 +96,7 @@ def _guarded(fn: Callable[[], T], tracking_uri: str) -> T:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RegistryUnavailableError(
                 f"the model registry at {redact(tracking_uri)} cannot be reached: {first[:300]}. Check that it "
-                "is running, and ATTUNE_MLFLOW_TRACKING_URI") from exc
+                "is running, and ATTUNE_MLFLOW_TRACKING_URI (else MLFLOW_TRACKING_URI)") from exc
         raise
 
 
@@ -165,8 +165,11 @@ def delete_artifacts(artifact_uri: str, tracking_uri: str) -> None:
     import mlflow
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)  # mlflow-artifacts:/ URIs resolve against the tracking server
+    # mlflow-artifacts:/ URIs resolve against the tracking server. set_tracking_uri also exports
+    # MLFLOW_TRACKING_URI, which attune reads as a setting (cluster._settings): put it back as it was,
+    # or every later get_settings() in this process (and its children) would use MLflow's default store.
+    previous, previous_env = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
     try:
         local = _local_path(artifact_uri)
         if local is not None:
@@ -182,6 +185,10 @@ def delete_artifacts(artifact_uri: str, tracking_uri: str) -> None:
                 raise
     finally:
         mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def _remove_local(folder: Path) -> None:

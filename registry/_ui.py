@@ -17,7 +17,8 @@ def ui_command(registry, host: str, port: int, environ: Optional[dict] = None) -
     read a database password."""
     if not store.is_database_uri(registry.tracking_uri):
         raise RegistryError(
-            f"ATTUNE_MLFLOW_TRACKING_URI is {store.redact(registry.tracking_uri)}, an MLflow server: "
+            f"the tracking URI (ATTUNE_MLFLOW_TRACKING_URI, else MLFLOW_TRACKING_URI) is "
+            f"{store.redact(registry.tracking_uri)}, an MLflow server: "
             "open that URL in a browser; it already serves the UI")
     env = dict(os.environ if environ is None else environ, MLFLOW_BACKEND_STORE_URI=registry.tracking_uri)
     if registry.artifact_root:

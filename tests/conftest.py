@@ -19,6 +19,10 @@ TWEETS_DIR = SHARED_DATA / "twitter-financial-news-sentiment"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# attune falls back to MLflow's own variable when ATTUNE_MLFLOW_TRACKING_URI is unset (cluster._settings):
+# one exported in the developer's shell must not send the suite's runs to that server. Tests that need
+# it set it themselves (monkeypatch, or a subprocess's env).
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 NO_CUDA_REASON = "needs CUDA; no GPU on this machine"
 

@@ -7,6 +7,7 @@ Other packages use only the names below. The driver API that ``tune`` builds on:
     result = run_training(config, settings, dataset, run_name=...)   # one Ray Train run of the loop
     copy_export(Path(result.checkpoint.path) / "model", out_dir)      # rank 0's export, atomically
     register_and_gate(registry, tenant, out_dir, run_record(...), dataset, promote=True, ...)
+    render_figures(read_figure_data(Path(result.checkpoint.path)), folder)  # the run's PNGs, for run_record
 
 Heavy modules (Ray, torch) are imported only when a name that needs them is first used.
 """
@@ -35,6 +36,8 @@ _EXPORTS = {
     "build_cpu_ops": "train._deepspeed",
     "run_record": "train.finetune.register",
     "register_and_gate": "train.finetune.register",
+    "read_figure_data": "train._figures",
+    "render_figures": "train._figures",
     "read_manifest": "train.finetune.export",
     "Predictor": "train.finetune.predict",
     # pretraining

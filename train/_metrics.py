@@ -37,21 +37,36 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
     return float(np.mean([f1[c] for c in present]))
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, num_bins: int = ECE_BINS) -> float:
-    """ECE with ``num_bins`` equal-width confidence bins (Guo et al., 2017)."""
+def reliability_bins(probs: np.ndarray, y_true: np.ndarray, num_bins: int = ECE_BINS) -> dict:
+    """Per equal-width confidence bin ``(lo, hi]``: rows (``count``), their ``accuracy`` and mean
+    ``confidence`` (None for an empty bin), and the ``ece`` they add up to (Guo et al., 2017)."""
     probs = np.asarray(probs, dtype=np.float64)
     y_true = np.asarray(y_true)
+    bins: dict = {"edges": np.linspace(0.0, 1.0, num_bins + 1).tolist(), "count": [], "accuracy": [],
+                  "confidence": [], "ece": 0.0}
     if len(y_true) == 0:
-        return 0.0
+        bins.update(count=[0] * num_bins, accuracy=[None] * num_bins, confidence=[None] * num_bins)
+        return bins
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, num_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(bins["edges"][:-1], bins["edges"][1:]):
         in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+        count = int(in_bin.sum())
+        acc = float(correct[in_bin].mean()) if count else None
+        conf = float(confidence[in_bin].mean()) if count else None
+        if count:
+            ece += in_bin.mean() * abs(acc - conf)
+        bins["count"].append(count)
+        bins["accuracy"].append(acc)
+        bins["confidence"].append(conf)
+    bins["ece"] = float(ece)
+    return bins
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, num_bins: int = ECE_BINS) -> float:
+    """ECE with ``num_bins`` equal-width confidence bins (Guo et al., 2017)."""
+    return reliability_bins(probs, y_true, num_bins)["ece"]
 
 
 def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> float:

@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 from cluster import ProgressView, follow_progress, ray_log_dir
 from train._errors import TrainError
+from train._figures import read_figure_data
 
 logger = logging.getLogger("attune.train")
 PROGRESS_DIR = ".progress"  # under the Ray storage folder, which the driver and every worker share
@@ -61,13 +62,15 @@ def failure_hint() -> str:
     return f"; the workers' logs are in {ray_log_dir()} (or rerun with --log-level DEBUG to see them here)"
 
 
-def collect_export(result, out_dir: Path) -> None:
-    """Copy rank 0's exported model out of Ray Train storage, atomically, then drop the run."""
+def collect_export(result, out_dir: Path) -> Optional[dict]:
+    """Copy rank 0's exported model out of Ray Train storage, atomically, then drop the run. Returns the
+    data of the run's figures that rank 0 left beside the model (``train._figures``), None without any."""
     if result.checkpoint is None:
         raise TrainError("training finished without an exported model" + failure_hint())
     try:
         with result.checkpoint.as_directory() as directory:
             copy_export(Path(directory) / "model", out_dir)
+            return read_figure_data(Path(directory))
     finally:
         if result.path:
             shutil.rmtree(result.path, ignore_errors=True)

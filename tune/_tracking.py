@@ -3,7 +3,8 @@
 The search is one parent run in the tenant's experiment; every trial is a nested child run with
 its parameters, per-epoch metrics (step = epoch) and outcome. The best trial's child run carries
 the exported model and is the source of the registered version. The parent records the search
-settings, the best configuration and a table of all trials (``trials.json``, ``trials.csv``).
+settings, the best configuration, a table of all trials (``trials.json``, ``trials.csv``) and a
+picture of every trial's validation curve with ASHA's rungs (``figures/validation_curves.png``).
 """
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ import io
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from registry import Registry, RunRecord, tenant_model_name
 from train import TenantData, run_record
+from tune._figures import render_curves
 from tune._job import TuneJob
 from tune._trial import FINAL
 
@@ -149,13 +152,14 @@ class SearchTracker:
         return self.parent_run_id
 
     def record(self, run_name: str, params: dict, metrics: dict, history: list,
-               tags: Optional[dict] = None) -> RunRecord:
+               tags: Optional[dict] = None, figures: Sequence[Path] = ()) -> RunRecord:
         job = self.job
         record = run_record("tune", run_name, params, metrics, history, tenant=job.tenant, base=job.base,
-                            method=job.method, data_uri=job.data, dataset=self.dataset)
+                            method=job.method, data_uri=job.data, dataset=self.dataset, figures=figures)
         return record.model_copy(update={"extra_tags": {k: str(v) for k, v in (tags or {}).items()}})
 
-    def trial_record(self, outcome: TrialOutcome) -> RunRecord:
+    def trial_record(self, outcome: TrialOutcome, figures: Sequence[Path] = ()) -> RunRecord:
+        """A trial's child run; ``figures``: the exported trial's pictures (``train.render_figures``)."""
         config = self.job.finetune_config(outcome.params).model_dump(mode="json", exclude={"out"})
         metrics = {k: v for k, v in outcome.final.items() if _number(v) and k not in _NOT_FINAL}
         vals = [row["val_macro_f1"] for row in outcome.history if "val_macro_f1" in row]
@@ -168,7 +172,8 @@ class SearchTracker:
                 "attune.trial.started_from": record.get("started_from") or "",
                 "attune.trial.exported_after_time_budget": str(bool(record.get("exported_after_time_budget"))).lower(),
                 "attune.trial.error": (outcome.error or "")[:1000]}
-        return self.record(f"{self.job.experiment_name}-{outcome.trial_id}", config, metrics, outcome.history, tags)
+        return self.record(f"{self.job.experiment_name}-{outcome.trial_id}", config, metrics, outcome.history, tags,
+                           figures)
 
     def logged_trials(self) -> set[str]:
         children = self.registry.runs(self.experiment, parent_run_id=self.parent_run_id)
@@ -198,8 +203,11 @@ class SearchTracker:
         documents = {"trials.json": rows, "trials.csv": _csv(rows),
                      "best_config.json": {"trial_id": best.trial_id, "config": best.params, metric: best.score(metric)}
                      if best else {}}
-        self.registry.end_run(self.parent_run_id, "FINISHED" if best else "FAILED", metrics=metrics, params=params,
-                              tags=tags, documents=documents)
+        rungs = self.job.rungs if self.job.scheduler == "asha" else []
+        with tempfile.TemporaryDirectory(prefix="attune-figures-") as folder:
+            figures = render_curves(outcomes, rungs, best.trial_id if best else None, Path(folder))
+            self.registry.end_run(self.parent_run_id, "FINISHED" if best else "FAILED", metrics=metrics,
+                                  params=params, tags=tags, documents=documents, figures=figures)
 
     def abandon(self, run_id: str) -> None:
         """End an interrupted search's parent run that a fresh search replaces."""

@@ -13,12 +13,22 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
 from cluster import Settings, get_settings, init_ray
-from train import TenantData, copy_export, load_tenant_data, register_and_gate, resolve_base, uses_gpu
+from train import (
+    TenantData,
+    copy_export,
+    load_tenant_data,
+    read_figure_data,
+    register_and_gate,
+    render_figures,
+    resolve_base,
+    uses_gpu,
+)
 from tune._budget import budget_reached, finish_best_so_far
 from tune._errors import TuneError, TuneUsageError
 from tune._job import TuneJob
@@ -181,9 +191,10 @@ def _handoff(job: TuneJob, settings: Settings, dataset: TenantData, tracker, bes
     floor = settings.promotion_floor if job.promotion_floor is None else job.promotion_floor
     logger.info("best trial %s (%s %.4f); registering %s as %s's next version", best.trial_id, job.metric,
                 best.score(job.metric), out_dir, job.tenant)
-    gated = register_and_gate(tracker.registry, job.tenant, out_dir, tracker.trial_record(best), dataset,
-                              promote=job.promote, margin=margin, floor=floor,
-                              parent_run_id=tracker.parent_run_id)
+    with tempfile.TemporaryDirectory(prefix="attune-figures-") as folder:  # the fine-tune's two pictures
+        record = tracker.trial_record(best, render_figures(read_figure_data(Path(export)), Path(folder)))
+        gated = register_and_gate(tracker.registry, job.tenant, out_dir, record, dataset, promote=job.promote,
+                                  margin=margin, floor=floor, parent_run_id=tracker.parent_run_id)
     return {"model_version": gated["model_version"], "alias": gated["alias"], "promotion": gated["promotion"],
             "model_dir": str(out_dir.resolve())}
 

@@ -101,6 +101,9 @@ def test_finetune_registers_and_gates_through_the_server(ray_session, mlflow_pro
     assert v1.tags["attune.base"] == str(tiny_base) and v1.tags["attune.data_hash"] == first["data_hash"]
     assert reg.client.get_run(v1.run_id).data.params["max_train_rows"] == "256"
     assert [m.step for m in reg.client.get_metric_history(v1.run_id, "val_macro_f1")] == [1, 2]
+    # the run's pictures, stored through the server (on S3) where the UI shows them
+    figures = {f.path: f.file_size for f in reg.client.list_artifacts(v1.run_id, "figures")}
+    assert set(figures) == {"figures/reliability.png", "figures/confusion_matrix.png"} and min(figures.values()) > 1000
 
     # the same model again: the gate downloads the champion through the server (from S3) and scores both
     dataset = load_tenant_data(data)

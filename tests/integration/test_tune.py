@@ -215,6 +215,10 @@ def test_a_time_budget_ends_the_search_and_the_best_trial_so_far_wins(ray_sessio
     assert registry.get_version("john", "1").run_id == exported["run_id"]
     epochs = [step for step, _ in registry.metric_history(exported["run_id"], "val_macro_f1")]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) < 20  # its epochs so far, none after the cut
+    # the pictures: the exported trial's, as every fine-tune's, and the parent's curves with ASHA's rungs
+    listed = lambda run_id: sorted(f.path for f in registry.client.list_artifacts(run_id, "figures"))  # noqa: E731
+    assert listed(exported["run_id"]) == ["figures/confusion_matrix.png", "figures/reliability.png"]
+    assert listed(summary["parent_run_id"]) == ["figures/validation_curves.png"]
 
 
 @pytest.mark.skipif(not os.environ.get(PBT_OPT_IN), reason=f"about 1.5-2.5 minutes on 2 CPUs (each PBT exploit "

@@ -34,6 +34,24 @@ def test_settings_read_environment_with_units_and_validate():
     assert get_settings({}, home="/flag").home.as_posix() == "/flag"  # a flag wins over the default
 
 
+@pytest.mark.parametrize("environ, flag, expected", [
+    ({"ATTUNE_MLFLOW_TRACKING_URI": "http://attune:5000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}, None,
+     "http://attune:5000"),  # ATTUNE_ wins
+    ({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}, None, "http://mlflow:5000"),  # MLflow's own variable
+    ({"ATTUNE_MLFLOW_TRACKING_URI": "", "MLFLOW_TRACKING_URI": "http://mlflow:5000"}, None,
+     "http://mlflow:5000"),  # an empty ATTUNE_ value counts as unset
+    ({"ATTUNE_MLFLOW_TRACKING_URI": "", "MLFLOW_TRACKING_URI": ""}, None, "sqlite:////h/mlflow.db"),
+    ({}, None, "sqlite:////h/mlflow.db"),  # the embedded store
+    ({"ATTUNE_MLFLOW_TRACKING_URI": "http://attune:5000", "MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+     "sqlite:////flag.db", "sqlite:////flag.db"),  # an explicit value (a flag, a test's override) wins over both
+])
+def test_tracking_uri_attune_variable_then_mlflow_variable_then_embedded_store(environ, flag, expected):
+    settings = get_settings({**environ, "ATTUNE_HOME": "/h"}, mlflow_tracking_uri=flag)
+    assert settings.tracking_uri == expected
+    # the one resolved value is what every reader of the setting sees (serve's key store, attune submit)
+    assert settings.mlflow_tracking_uri == (None if expected.startswith("sqlite:////h/") else expected)
+
+
 def test_bad_setting_names_the_variable_and_value():
     with pytest.raises(SettingsError, match=r"ATTUNE_ZERO_STAGE='7'"):
         get_settings({"ATTUNE_ZERO_STAGE": "7"})

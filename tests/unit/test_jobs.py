@@ -155,6 +155,32 @@ def test_job_env_forwards_attune_settings_only(tmp_path):
         _jobs.job_env_vars(settings, "http://10.1.2.3:8265", ["NOT_SET"], environ=environ)
 
 
+def test_mlflow_tracking_uri_travels_only_where_it_is_this_shells_tracking_uri():
+    """The job resolves its tracking URI as this shell does (cluster._settings): MLFLOW_TRACKING_URI goes
+    under its own name when no ATTUNE_MLFLOW_TRACKING_URI is set (an empty one counts as unset), so a
+    cluster's own ATTUNE_ value still wins there; it stays here when ATTUNE_'s is the one in use, even
+    when that one is withheld for its password, and when it holds a password itself."""
+    remote = "http://10.1.2.3:8265"
+
+    def sent(environ: dict) -> dict:
+        env = _jobs.job_env_vars(get_settings(environ), remote, [], environ=environ)
+        return {k: v for k, v in env.items() if "TRACKING_URI" in k}
+
+    mlflow_only = {"MLFLOW_TRACKING_URI": "http://mlflow.internal:5000"}
+    assert sent(mlflow_only) == mlflow_only
+    assert sent({**mlflow_only, "ATTUNE_MLFLOW_TRACKING_URI": ""}) == mlflow_only
+    both = {**mlflow_only, "ATTUNE_MLFLOW_TRACKING_URI": "http://attune.internal:5000"}
+    assert sent(both) == {"ATTUNE_MLFLOW_TRACKING_URI": "http://attune.internal:5000"}
+    withheld_attune = {**mlflow_only, "ATTUNE_MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"}
+    assert sent(withheld_attune) == {}  # not a different store than the one this shell uses
+    assert set(_jobs.withheld_settings(withheld_attune)) == {"ATTUNE_MLFLOW_TRACKING_URI"}
+    with_password = {"MLFLOW_TRACKING_URI": "https://admin:pw@mlflow.example.com"}
+    assert sent(with_password) == {}
+    assert _jobs.withheld_settings(with_password) == {
+        "MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI holds a URL with a password"}
+    assert sent({"MLFLOW_TRACKING_URI": ""}) == {}
+
+
 def test_job_env_pins_attune_home_to_an_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = _jobs.job_env_vars(get_settings({}), "http://127.0.0.1:8265", [], environ={})

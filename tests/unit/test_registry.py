@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -116,7 +117,8 @@ def test_twenty_concurrent_registrations_get_twenty_distinct_versions(reg, tmp_p
     assert len(reg.versions("john")) == 20
 
 
-def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path):
+def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for tenant in ("john", "jane"):
         reg.register_candidate(tenant, fake_model_dir(tmp_path / "m"), record(tenant))
     reg.promote("john", "1")
@@ -132,8 +134,20 @@ def test_delete_tenant_erases_versions_runs_and_artifacts(reg, tmp_path):
     with pytest.raises(TenantNotFoundError, match="nothing in the registry"):
         reg.delete_tenant("john")
     assert [r["tenant"] for r in reg.list_tenants()] == ["jane"]
+    # deleting artifacts points MLflow at the registry for a moment, and MLflow exports that as
+    # MLFLOW_TRACKING_URI, which attune reads as a setting: the environment is left as it was
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     # the tenant can start over
     assert reg.register_candidate("john", fake_model_dir(tmp_path / "m"), record()).version == "1"
+
+
+def test_deleting_artifacts_keeps_the_users_mlflow_tracking_uri(tmp_path, monkeypatch):
+    from registry import _store
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://users-own-mlflow:5000")
+    (tmp_path / "run" / "artifacts" / "model").mkdir(parents=True)
+    _store.delete_artifacts(str(tmp_path / "run" / "artifacts"), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert not (tmp_path / "run").exists() and os.environ["MLFLOW_TRACKING_URI"] == "http://users-own-mlflow:5000"
 
 
 def test_every_champion_in_one_query_agrees_with_the_public_api(tmp_path, monkeypatch):

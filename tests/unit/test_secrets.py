@@ -81,6 +81,25 @@ def test_submitted_runtime_env_holds_no_secret_while_settings_travel(cluster, mo
     assert "is not set" not in caplog.text  # the tracking URI is set, just not sent: no misleading warning
 
 
+def test_mlflow_tracking_uri_with_a_password_is_withheld_and_without_one_travels(cluster, monkeypatch, capsys,
+                                                                                 caplog):
+    """attune reads MLFLOW_TRACKING_URI when ATTUNE_MLFLOW_TRACKING_URI is unset (cluster._settings), so
+    it goes with a job as an ATTUNE_ setting would: only without a credential in it."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"https://admin:{PASSWORD}@mlflow.example.com")
+    assert main(["submit", "--address", REMOTE, "--", "registry", "list"]) == 0
+    shipped = json.dumps(cluster.sent[-1])
+    assert PASSWORD not in shipped and "MLFLOW_TRACKING_URI" not in shipped
+    err = capsys.readouterr().err
+    assert "MLFLOW_TRACKING_URI holds a URL with a password" in err and PASSWORD not in err
+    assert "is not set" not in caplog.text  # it is set, just not sent
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    assert main(["submit", "--address", REMOTE, "--", "registry", "list"]) == 0
+    env = cluster.sent[-1]["runtime_env"]["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000" and "ATTUNE_MLFLOW_TRACKING_URI" not in env
+    assert "not sent with the job" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["AWS_SECRET_ACCESS_KEY", f"HF_TOKEN={PASSWORD}", f"DATABASE={DB_URL}",
                                   "MLFLOW_TRACKING_PASSWORD"])
 def test_env_flag_with_a_credential_is_refused_and_nothing_is_sent(cluster, monkeypatch, capsys, flag):

@@ -59,6 +59,7 @@ def test_every_trial_is_a_nested_run_and_the_parent_keeps_the_table(tracker):
     assert [row["trial_id"] for row in table] == ["t1", "t2", "t3"]
     assert [row["status"] for row in table] == ["completed", "stopped_early", "failed"]
     assert "trial_id" in _artifact(reg, parent, "trials.csv").splitlines()[0]
+    assert [f.path for f in reg.client.list_artifacts(parent, "figures")] == ["figures/validation_curves.png"]
 
 
 def test_a_search_without_a_finished_trial_fails_its_parent(tracker):

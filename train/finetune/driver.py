@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -41,7 +42,7 @@ def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
     with shown_progress(settings, run_name, f"fine-tuning {config.tenant}", "steps", _render) as progress_file:
         result = run_training(config, settings, dataset, run_name=run_name, progress_file=progress_file)
     train_seconds = time.monotonic() - started
-    collect_export(result, out_dir)
+    figure_data = collect_export(result, out_dir)
     summary = result.return_value or {}
     output = {
         "tenant": config.tenant,
@@ -54,22 +55,26 @@ def finetune(config: FinetuneConfig, *, settings: Optional[Settings] = None,
         "worker_nodes": summary.get("worker_nodes", []),
     }
     if config.register_model:
-        output.update(_register(config, settings, dataset, out_dir, output))
+        output.update(_register(config, settings, dataset, out_dir, output, figure_data))
     return output
 
 
-def _register(config: FinetuneConfig, settings: Settings, dataset: TenantData, out_dir: Path, output: dict) -> dict:
-    """Log the run to MLflow, register the export as the tenant's next version, and gate it."""
+def _register(config: FinetuneConfig, settings: Settings, dataset: TenantData, out_dir: Path, output: dict,
+              figure_data: Optional[dict]) -> dict:
+    """Log the run to MLflow (with its figures), register the export as the tenant's next version, and gate it."""
     from registry import Registry
+    from train._figures import render_figures
     from train.finetune.register import register_and_gate, run_record
 
-    record = run_record("finetune", f"finetune-{config.tenant}", config.model_dump(mode="json"),
-                        output["metrics"], output["history"], tenant=config.tenant, base=config.base,
-                        method=config.method, data_uri=config.data, dataset=dataset)
     margin = settings.promotion_margin if config.promotion_margin is None else config.promotion_margin
     floor = settings.promotion_floor if config.promotion_floor is None else config.promotion_floor
-    return register_and_gate(Registry.from_settings(settings), config.tenant, out_dir, record, dataset,
-                             promote=config.promote, margin=margin, floor=floor)
+    with tempfile.TemporaryDirectory(prefix="attune-figures-") as folder:
+        record = run_record("finetune", f"finetune-{config.tenant}", config.model_dump(mode="json"),
+                            output["metrics"], output["history"], tenant=config.tenant, base=config.base,
+                            method=config.method, data_uri=config.data, dataset=dataset,
+                            figures=render_figures(figure_data, Path(folder)))
+        return register_and_gate(Registry.from_settings(settings), config.tenant, out_dir, record, dataset,
+                                 promote=config.promote, margin=margin, floor=floor)
 
 
 def worker_payload(config: FinetuneConfig, dataset: TenantData) -> dict:

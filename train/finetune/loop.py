@@ -16,7 +16,9 @@ import numpy as np
 
 from train import _deepspeed as ds
 from train._base import load_tokenizer, resolve_base
-from train._metrics import classification_report, fit_temperature, macro_f1
+from train._calibration import calibrate
+from train._figures import figure_data, write_figure_data
+from train._metrics import classification_report, macro_f1
 from train._worker import report_checkpoint, setup_logging
 from train.finetune.batching import LengthBucketSampler
 from train.finetune.config import FinetuneConfig
@@ -264,7 +266,8 @@ def _val_macro_f1(engine, dataset, cfg: FinetuneConfig, rank: int, world: int, n
 
 
 def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, data) -> dict | None:
-    """Rank 0 reloads the best weights, calibrates, evaluates and exports; all ranks report."""
+    """Rank 0 reloads the best weights, calibrates, evaluates and exports (the model, and beside it the
+    data of the run's figures: ``train._figures``); all ranks report."""
     import ray.train
     from ray.train import Checkpoint
 
@@ -277,8 +280,12 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     model.load_state_dict(best)
     val_logits, _ = predict_logits(model, splits["validation"], 64, "cpu")
     test_logits, _ = predict_logits(model, splits["test"], 64, "cpu")
-    temperature = fit_temperature(val_logits, splits["validation"].tensors[2].numpy())
-    metrics = classification_report(test_logits, splits["test"].tensors[2].numpy(), labels, temperature)
+    calibration = calibrate(val_logits, splits["validation"].tensors[2].numpy())  # T, or 1 and why
+    temperature = calibration.temperature
+    logger.info("calibration: %s", calibration.reason)
+    y_test = splits["test"].tensors[2].numpy()
+    metrics = classification_report(test_logits, y_test, labels, temperature)
+    metrics.update(calibration.metrics())
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
                    head_warmup_steps=state.get("head_warmup_steps", 0),
@@ -291,6 +298,7 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
         params=cfg.model_dump(mode="json", exclude={"data", "out"}),
     )
     export_model(model, tokenizer, export_dir, manifest)
+    write_figure_data(export_dir.parent, figure_data(test_logits, y_test, labels, temperature))  # beside model/
     logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%.3f)", metrics["test_accuracy"],
                 metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"], temperature)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -22,16 +22,17 @@ logger = logging.getLogger("attune.train")
 
 
 def run_record(kind: str, run_name: str, params: dict, metrics: dict, history: list, *, tenant: str,
-               base: str, method: str, data_uri: str, dataset: TenantData) -> RunRecord:
-    """What MLflow keeps about one training run: params, metrics, per-epoch history, lineage."""
+               base: str, method: str, data_uri: str, dataset: TenantData, figures: Sequence[Path] = ()) -> RunRecord:
+    """What MLflow keeps about one training run: params, metrics, per-epoch history, lineage, and the
+    ``figures`` (image files, e.g. from ``train._figures.render_figures``) it shows under ``figures/``."""
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     lineage = Lineage(kind=kind, tenant=tenant, base=base, method=method, data_uri=data_uri,
                       data_hash=dataset.data_hash, split_counts=dataset.split_counts(), labels=dataset.labels,
-                      temperature=float(metrics.get("temperature", 1.0)),
+                      temperature=float(metrics.get("temperature", 1.0)), calibration=metrics.get("calibration"),
                       code_version=code_version(), attune_version=attune_version())
     return RunRecord(run_name=run_name, params=params, metrics=numeric,
                      history=[{k: float(v) for k, v in row.items() if isinstance(v, (int, float))}
-                              for row in history], lineage=lineage)
+                              for row in history], lineage=lineage, figures=list(figures))
 
 
 def register_and_gate(registry: Registry, tenant: str, model_dir: Path, record: RunRecord, dataset: TenantData,
