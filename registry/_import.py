@@ -63,6 +63,7 @@ def _record(tenant: str, directory: Path, manifest: dict) -> RunRecord:
                       data_uri=str(Path(directory).resolve()), data_hash=manifest["data_hash"],
                       split_counts=manifest.get("split_counts", {}), labels=manifest["labels"],
                       temperature=float(manifest["temperature"]), code_version=code_version(),
+                      calibration=manifest["metrics"].get("calibration"),
                       attune_version=str(manifest["attune_version"]))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return RunRecord(run_name=f"import-{tenant}-{manifest['method']}-{stamp}",

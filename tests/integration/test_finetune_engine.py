@@ -28,6 +28,10 @@ def _check_export(summary: dict, method: str) -> dict:
     for key in ("test_accuracy", "test_macro_f1", "test_per_class_f1", "ece_before", "ece_after", "temperature"):
         assert key in metrics
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["temperature"] > 0
+    # calibration never hurts: the fitted T ships only when it lowered validation ECE, else T = 1 and why
+    assert metrics["calibration"].startswith("fitted") or metrics["temperature"] == 1.0
+    assert metrics["calibration"].startswith("kept T=1") or metrics["val_ece_at_fitted"] < metrics["val_ece_at_t1"]
+    assert manifest["metrics"]["calibration"] == metrics["calibration"]
     preds = Predictor(summary["model_dir"]).predict(["gold is up 150% in after-hours trading"])
     assert sum(preds[0]["scores"].values()) == pytest.approx(1.0, abs=1e-4)
     return manifest

@@ -63,5 +63,7 @@ def test_tenant_models_localize_and_a_union_model_cannot(ray_session, tiny_base,
 
     for name in ("john", "jane"):  # calibration: temperature scaling does not hurt on the test split
         m = summaries[name]["metrics"]
-        print(f"{name}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f})")
+        print(f"{name}: ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} (T={m['temperature']:.3f}; "
+              f"{m['calibration']})")
         assert m["ece_after"] <= m["ece_before"]
+        assert m["calibration"].startswith("fitted") or m["ece_after"] == m["ece_before"]  # kept T=1: unchanged

@@ -31,7 +31,8 @@ def test_newsdesk_subsample_learns_real_data_from_minilm(ray_session, tmp_path):
     summary = finetune(config, settings=ray_session)
     metrics = summary["metrics"]
     print(f"newsdesk: {summary['split_counts']} accuracy {metrics['test_accuracy']:.4f} "
-          f"macro-F1 {metrics['test_macro_f1']:.4f} ECE {metrics['ece_before']:.4f}->{metrics['ece_after']:.4f}")
+          f"macro-F1 {metrics['test_macro_f1']:.4f} ECE {metrics['ece_before']:.4f}->{metrics['ece_after']:.4f} "
+          f"(T={metrics['temperature']:.3f}; {metrics['calibration']})")
     assert summary["split_counts"]["test"] >= 1000  # evaluated on the whole test split
     assert metrics["test_accuracy"] >= 0.72
     assert metrics["test_macro_f1"] >= 0.60

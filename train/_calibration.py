@@ -1,0 +1,94 @@
+"""Temperature scaling that never makes the validation split worse calibrated.
+
+``calibrate`` fits T on the validation logits (the NLL minimum, ``train._metrics.fit_temperature``)
+and keeps it only when it lowers the validation ECE; otherwise the version keeps T = 1, and the
+``reason`` says which rule kept it. The rule, as ``docs/registry.md`` states it:
+
+1. fewer than ``MIN_CALIBRATION_ROWS`` validation rows: keep T = 1 (ECE on a handful of rows is noise);
+2. fit T by NLL on the validation rows (golden-section search over T in [0.05, 20]);
+3. keep T = 1 unless the fitted T lowers the validation ECE measured both ways: with 15 equal-width
+   bins (the ECE every report shows) and with 15 equal-mass bins (each holds 1/15 of the rows).
+
+Why both: a model with 97% accuracy puts nearly every row in the top equal-width bin, where that ECE
+is one number, |accuracy - mean confidence|, which a T fitted to a few confident mistakes can lower
+by chance while it blurs the confident, correct rows; equal-mass bins look inside that top bin. In a
+simulation (binary logits, 150-300 draws each, validation and test of the same size, 50 to 1,200
+rows), requiring both cut how often the shipped T raised test ECE, for models already calibrated or
+calibrated but for a few confident mistakes, from 53-66% (always fit) and 25-42% (equal-width alone)
+to 9-30%; it still shipped the fitted T for 82-100% of 1.6x-overconfident models from 230 rows up,
+and for 75-99% of 1.3x- to 2x-underconfident ones at 50-100 rows. (Fewer equal-mass bins for small
+splits, or deciding on cross-fitted T, did no better.)
+
+Why 50 rows: below it, an equal-mass bin holds 3 rows or fewer and either ECE is noise. From 50 to
+100 rows the rule still ships large corrections (the demo tenants have 72 validation rows, and their
+T was near 0.5), and on small ones it errs both ways: the mean change in test ECE was within 0.002.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from train._metrics import ECE_BINS, expected_calibration_error, fit_temperature, softmax
+
+MIN_CALIBRATION_ROWS = 50
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature a version uses, the one NLL fitted, why they differ when they do, and the
+    validation ECEs (equal-width and equal-mass bins) behind the decision."""
+
+    temperature: float
+    fitted_temperature: float
+    val_rows: int
+    reason: str
+    val_ece_at_t1: float
+    val_ece_at_fitted: float
+    val_mass_ece_at_t1: float
+    val_mass_ece_at_fitted: float
+
+    def metrics(self) -> dict:
+        """What the run reports: ``temperature`` (the one used), ``calibration`` (the reason, a
+        string that starts "fitted" or "kept T=1") and the numbers behind it."""
+        return {"temperature": self.temperature, "calibration": self.reason,
+                "fitted_temperature": self.fitted_temperature, "calibration_val_rows": self.val_rows,
+                "val_ece_at_t1": self.val_ece_at_t1, "val_ece_at_fitted": self.val_ece_at_fitted,
+                "val_mass_ece_at_t1": self.val_mass_ece_at_t1, "val_mass_ece_at_fitted": self.val_mass_ece_at_fitted}
+
+
+def equal_mass_ece(probs: np.ndarray, labels: np.ndarray, num_bins: int = ECE_BINS) -> float:
+    """ECE over ``num_bins`` bins of (nearly) equal row counts, by ascending confidence."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return 0.0
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    parts = [part for part in np.array_split(np.argsort(confidence, kind="stable"), num_bins) if len(part)]
+    return float(sum(len(part) * abs(correct[part].mean() - confidence[part].mean()) for part in parts)
+                 / len(labels))
+
+
+def calibrate(val_logits: np.ndarray, val_labels: np.ndarray,
+              min_rows: int = MIN_CALIBRATION_ROWS) -> Calibration:
+    """The temperature to ship, fitted on the validation split, or T = 1 with the reason why not."""
+    logits = np.asarray(val_logits, dtype=np.float64)
+    labels = np.asarray(val_labels, dtype=np.int64)
+    rows = int(len(labels))
+    ece_t1 = expected_calibration_error(softmax(logits), labels) if rows else 0.0
+    if rows < min_rows:
+        mass = equal_mass_ece(softmax(logits), labels)
+        return Calibration(1.0, 1.0, rows, f"kept T=1: {rows} validation rows, fewer than {min_rows}, and ECE "
+                           "on so few rows is noise; with more tenant data the next run calibrates",
+                           ece_t1, ece_t1, mass, mass)
+    fitted = fit_temperature(logits, labels)
+    ece_fitted = expected_calibration_error(softmax(logits, fitted), labels)
+    mass_t1, mass_fitted = (equal_mass_ece(softmax(logits, t), labels) for t in (1.0, fitted))
+    numbers = (ece_t1, ece_fitted, mass_t1, mass_fitted)
+    if ece_fitted < ece_t1 and mass_fitted < mass_t1:
+        return Calibration(fitted, fitted, rows, f"fitted: validation ECE {ece_t1:.4f} at T=1 -> {ece_fitted:.4f} "
+                           f"at T={fitted:.3f} (equal-mass {mass_t1:.4f} -> {mass_fitted:.4f}; {rows} rows)", *numbers)
+    return Calibration(1.0, fitted, rows, f"kept T=1: validation ECE {ece_fitted:.4f} at T={fitted:.3f} vs "
+                       f"{ece_t1:.4f} at T=1 (equal-mass {mass_fitted:.4f} vs {mass_t1:.4f}; {rows} rows), "
+                       "and the fitted T must lower both", *numbers)
