@@ -2,12 +2,14 @@
 
 Each package that stores tenant data declares an eraser in the entry-point group ``attune.erasers``
 (``pyproject.toml``), in the order they run: the API keys first (the tenant's callers are locked
-out at once), then the registry (its replicas stop serving it), then the files under
-``ATTUNE_HOME`` that training and tuning wrote. An eraser is ``erase(tenant, settings) -> dict``::
+out at once), then the registry (its replicas stop serving it), then the feedback its callers sent
+(``POST .../feedback``), then the files under ``ATTUNE_HOME`` that training and tuning wrote.
+An eraser is ``erase(tenant, settings) -> dict``::
 
     {"where": "sqlite:///.../keys.db", "removed": ["API key 1f0c...", ...], "notes": [...]}
 
-The report names each store by its entry point (``keys``, ``registry``, ``training``, ``tuning``).
+The report names each store by its entry point (``keys``, ``registry``, ``feedback``, ``training``,
+``tuning``).
 
 Every eraser is idempotent, and every one runs even when another fails: an erasure interrupted or
 failed part-way is finished by running it again. A store that could not be erased raises

@@ -14,6 +14,16 @@ from registry._errors import (
     TenantNotFoundError,
     VersionNotFoundError,
 )
+from registry._feedback import (
+    PREDICTION_ID_PATTERN,
+    Feedback,
+    FeedbackStore,
+    FeedbackStoreError,
+    database_url,
+    erase_feedback,
+    new_prediction_id,
+    prediction_version,
+)
 from registry._manifest import MANIFEST, MANIFEST_KEYS, read_manifest
 from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id, tenant_model_name
 from registry._records import Lineage, RunRecord, VersionInfo
@@ -42,4 +52,12 @@ __all__ = [
     "check_tenant_id",
     "tenant_model_name",
     "erase_registry_data",
+    "Feedback",
+    "FeedbackStore",
+    "FeedbackStoreError",
+    "PREDICTION_ID_PATTERN",
+    "database_url",
+    "new_prediction_id",
+    "prediction_version",
+    "erase_feedback",
 ]

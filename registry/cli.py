@@ -29,8 +29,9 @@ def register(subparsers) -> None:
     p.add_argument("tenant")
     add_json_flag(p)
     p.set_defaults(handler=_run_rollback)
-    p = sub.add_parser("delete-tenant", help="erase a tenant everywhere: API keys, registered model, runs, artifacts "
-                                             "and its files under ATTUNE_HOME; prints what was removed, where")
+    p = sub.add_parser("delete-tenant", help="erase a tenant everywhere: API keys, registered model, runs, artifacts, "
+                                             "feedback and its files under ATTUNE_HOME; prints what was removed, "
+                                             "where")
     p.add_argument("tenant")
     p.add_argument("--yes", action="store_true", help="required: confirms the erasure")
     add_json_flag(p)
@@ -113,7 +114,7 @@ def _run_delete(args: argparse.Namespace) -> int:
     check_tenant_id(args.tenant)
     if not args.yes:
         raise UsageError(f"delete-tenant erases {args.tenant!r} everywhere (API keys, registered model, runs, "
-                         f"artifacts, files under ATTUNE_HOME) and cannot be undone; add --yes to confirm: "
+                         f"artifacts, feedback, files under ATTUNE_HOME) and cannot be undone; add --yes to confirm: "
                          f"attune registry delete-tenant {args.tenant} --yes")
     settings = get_settings(home=args.home, log_level=args.log_level)
 

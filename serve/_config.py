@@ -146,6 +146,8 @@ class AppSpec(BaseModel):
     tracking_uri: str
     artifact_root: Optional[str] = None
     keys_url: Optional[str] = None
+    feedback_url: Optional[str] = Field(default=None, description="the feedback store's SQLAlchemy URL; unset: "
+                                        "keys_url's database")
     refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_REFRESH_S: champion cache TTL")
     keys_refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_KEYS_REFRESH_S")
     insecure_no_auth: bool = False
@@ -157,5 +159,6 @@ class AppSpec(BaseModel):
 
         return cls(config=config or ServeConfig(), tracking_uri=settings.tracking_uri,
                    artifact_root=settings.artifact_root, keys_url=None if insecure_no_auth else keys_url(settings),
+                   feedback_url=keys_url(settings),
                    refresh_s=settings.serve_refresh_s, keys_refresh_s=settings.serve_keys_refresh_s,
                    insecure_no_auth=insecure_no_auth)

@@ -5,7 +5,8 @@ tenant's champion (TTL cache), pins its model (``serve._cache``), and adds it to
 batch (``serve._batch``). Any replica can serve any tenant: LoRA tenants load as small adapters onto
 the replica's shared base, so Serve's proxy spreads requests over the replicas by their load.
 
-Routes: ``POST /v1/tenants/{tenant}/predict``, ``GET /v1/tenants/{tenant}``, ``GET /healthz``,
+Routes: ``POST /v1/tenants/{tenant}/predict``, ``POST /v1/tenants/{tenant}/feedback`` (labelled texts,
+stored for relocalization: ``serve._feedback``), ``GET /v1/tenants/{tenant}``, ``GET /healthz``,
 ``GET /readyz``, ``GET /docs`` (the OpenAPI document as JSON; Swagger UI for browsers) and
 ``GET /openapi.json``. Every error is ``{"error": {"code", "message"}}``; a 503 the client may retry
 carries ``Retry-After``. A champion that fails to load on a replica is answered by the tenant's
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 from ray import serve as ray_serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from registry import new_prediction_id
 from serve._auth import Authenticator, authorize
 from serve._backoff import LoadBackoff
 from serve._batch import Request as BatchRequest
@@ -36,8 +38,9 @@ from serve._batcher import Batcher
 from serve._cache import ModelCache
 from serve._champions import ChampionDirectory
 from serve._config import AppSpec
-from serve._errors import InvalidRequestError, ServeError
+from serve._errors import FeedbackUnavailableError, InvalidRequestError, ServeError, from_registry_error
 from serve._fallback import LastGood
+from serve._feedback import FeedbackResponse, check_labels, feedback_body_schema, parse_feedback_body
 from serve._metrics import EndpointMetrics
 from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body, read_limited
 
@@ -49,10 +52,11 @@ STATUS_MODELS = 200  # model keys a replica reports to `attune serve status`
 
 _ERRORS = {status: {"model": ErrorBody, "description": text} for status, text in (
     (401, "key missing or invalid"), (403, "a valid key for another tenant"), (404, "unknown tenant"),
-    (409, "the tenant has no champion"), (413, "body larger than the limit"), (422, "invalid body"),
+    (409, "the tenant has no champion"), (413, "body larger than the limit"),
+    (422, "invalid body (`invalid_body`); for feedback also a label the champion does not know (`unknown_label`)"),
     (429, "too many requests waiting; retry after Retry-After seconds"),
-    (503, "the tenant's model failed to load, or the registry or key store cannot be read; retry after "
-            "Retry-After seconds"))}
+    (503, "the tenant's model failed to load, or the registry, key store or feedback store cannot be read; "
+            "retry after Retry-After seconds"))}
 
 _PREDICT_HEADERS = {200: {"headers": {
     VERSION_HEADER: {"description": "the version that answered", "schema": {"type": "string"}},
@@ -143,6 +147,7 @@ class Endpoint:
         self.batcher = Batcher(lambda requests: run_batch(requests, cross_tenant), max_batch_size=cfg.max_batch_size,
                                wait_s=cfg.batch_wait_timeout_s, gather_s=cfg.batch_gather_s)
         self.served = 0
+        self.feedback_store = None  # opened by the first feedback: a store that is down must not stop predict
 
     def _key_store(self):
         if self.spec.insecure_no_auth:
@@ -172,8 +177,10 @@ class Endpoint:
             counted = False
             predictions, served = await self._predict(tenant, info, texts)
             status = 200
-            headers = {VERSION_HEADER: served.info.version, **({FALLBACK_HEADER: served.note} if served.note else {})}
-            return JSONResponse({"tenant": tenant, "model_version": served.info.version, "predictions": predictions},
+            version = served.info.version
+            headers = {VERSION_HEADER: version, **({FALLBACK_HEADER: served.note} if served.note else {})}
+            return JSONResponse({"tenant": tenant, "model_version": version,
+                                 "prediction_id": new_prediction_id(version), "predictions": predictions},
                                 headers=headers)
         except ServeError as exc:
             status = exc.http_status
@@ -202,6 +209,52 @@ class Endpoint:
         finally:
             if not joined:
                 self.batcher.gone()
+
+    @app.post("/v1/tenants/{tenant}/feedback", response_model=FeedbackResponse, responses=_ERRORS,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/json": {"schema": feedback_body_schema()}}}},
+              summary="Store correct labels for texts (one row per text; the newest label wins)")
+    async def feedback(self, tenant: str, request: Request) -> JSONResponse:
+        await self._authorize(request, tenant)
+        limits = self.spec.config.ingress
+        raw = await read_limited(request.headers.get("content-length"), request.stream(), limits.max_body_bytes)
+        items = parse_feedback_body(raw, max_texts=limits.max_texts, max_chars=limits.max_chars)
+        info = await self._champion(tenant)
+        check_labels(tenant, info, items)
+        stored = await asyncio.to_thread(self._store_feedback, tenant, items)
+        return JSONResponse({"tenant": tenant, "stored": len(stored), "items": stored},
+                            headers={VERSION_HEADER: info.version})
+
+    def _store_feedback(self, tenant: str, items: list) -> list[dict]:
+        from registry import FeedbackStore, FeedbackStoreError
+
+        try:
+            if self.feedback_store is None:
+                url = self.spec.feedback_url or self.spec.keys_url
+                if url is None:
+                    raise FeedbackUnavailableError("this endpoint has no feedback store: its spec "
+                                                   "sets neither feedback_url nor keys_url", retry_after_s=60.0)
+                self.feedback_store = FeedbackStore(url)
+            stored = self.feedback_store.record(tenant, items)
+            self._still_registered(tenant)
+            return stored
+        except FeedbackStoreError:  # logged by the store, with the database's own error
+            raise FeedbackUnavailableError("cannot store the feedback: the feedback store is unavailable; retry "
+                                           "after Retry-After seconds", retry_after_s=5.0) from None
+
+    def _still_registered(self, tenant: str) -> None:
+        """After a feedback write: the tenant is still in the registry (read now, not from a cache), or its
+        feedback goes and the answer is the 404. An erasure removes the registered model before the
+        feedback, so a write racing it is removed by the erasure or here: never kept past one."""
+        from registry import TenantNotFoundError
+
+        try:
+            self.registry.champion(tenant)
+        except TenantNotFoundError as exc:
+            self.feedback_store.delete_tenant(tenant)
+            raise from_registry_error(exc) from None
+        except Exception:  # noqa: BLE001 - a champion-less tenant (409) or a registry hiccup is no erasure
+            pass
 
     @app.get("/v1/tenants/{tenant}", response_model=TenantInfo, responses=_ERRORS,
              summary="The tenant's champion version, labels, test metrics and promotion time")

@@ -69,6 +69,12 @@ class InvalidRequestError(ServeError):
     code = "invalid_body"
 
 
+class UnknownLabelError(InvalidRequestError):
+    """Feedback with a label the tenant's champion does not know; the message lists the known ones."""
+
+    code = "unknown_label"
+
+
 class RetryLaterError(ServeError):
     """A 503 the client may retry: it carries ``Retry-After`` (``retry_after_s``) across actor boundaries."""
 
@@ -93,6 +99,12 @@ class RegistryUnavailableError(RetryLaterError):
     message is generic (the store's error, which may name its host or user, goes to the log)."""
 
     code = "registry_unavailable"
+
+
+class FeedbackUnavailableError(RetryLaterError):
+    """The feedback store cannot be written; the message is generic (the store's error goes to the log)."""
+
+    code = "feedback_unavailable"
 
 
 class NotReadyError(ServeError):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from cluster import UsageError
+from registry import database_url
 from serve._errors import ServeError
 
 logger = logging.getLogger("attune.serve")
@@ -82,14 +83,9 @@ class KeyUsageError(KeyStoreError, UsageError):
 
 
 def keys_url(settings) -> str:
-    """Where keys live: ``ATTUNE_KEYS_DB_URL``, else the registry's PostgreSQL, else SQLite in ATTUNE_HOME."""
-    explicit = getattr(settings, "keys_db_url", None)
-    if explicit:
-        return explicit
-    for uri in (settings.mlflow_tracking_uri, settings.mlflow_backend_store_uri):
-        if uri and uri.startswith("postgresql"):
-            return uri
-    return f"sqlite:///{(Path(settings.home) / 'keys.db').resolve()}"
+    """Where keys live: ``ATTUNE_KEYS_DB_URL``, else the registry's PostgreSQL, else SQLite in ATTUNE_HOME
+    (the database that also holds the tenants' feedback: ``registry.database_url``)."""
+    return database_url(settings)
 
 
 def hash_secret(secret: str, salt: Optional[bytes] = None) -> str:

@@ -6,6 +6,7 @@ from typing import Annotated, AsyncIterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry import PREDICTION_ID_PATTERN
 from serve._errors import InvalidRequestError, PayloadTooLargeError
 
 MAX_REPORTED = 5  # problems listed in one 422 message
@@ -31,6 +32,8 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     tenant: str
     model_version: str
+    prediction_id: str = Field(pattern=PREDICTION_ID_PATTERN, description="`<model_version>.<16 hex digits>`: "
+                               "quote it in feedback on these predictions (POST /v1/tenants/{tenant}/feedback)")
     predictions: list[Prediction]
 
 
@@ -68,14 +71,7 @@ async def read_limited(content_length: Optional[str], chunks: AsyncIterator[byte
 
 def parse_predict_body(raw: bytes, *, max_texts: int, max_chars: int) -> list[str]:
     """The ``texts`` of a predict body, or one :class:`InvalidRequestError` listing every problem."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequestError(f'body is not valid UTF-8 JSON ({exc}); send {{"texts": ["..."]}}') from None
-    except RecursionError:
-        raise InvalidRequestError('body is JSON nested too deeply to read; send {"texts": ["..."]}') from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError(f'body must be a JSON object like {{"texts": ["..."]}}, got {type(data).__name__}')
+    data = load_object(raw, '{"texts": ["..."]}')
     problems = [f"unknown key {key!r}" for key in sorted(data) if key != "texts"]
     texts = data.get("texts")
     if "texts" not in data:
@@ -83,31 +79,55 @@ def parse_predict_body(raw: bytes, *, max_texts: int, max_chars: int) -> list[st
     elif not isinstance(texts, list):
         problems.insert(0, f"'texts' must be a list of strings, got {type(texts).__name__}")
     else:
-        problems += _text_problems(texts, max_texts, max_chars)
+        problems += list_problems("texts", texts, max_texts)
+        problems += [problem for i, text in enumerate(texts)
+                     if (problem := text_problem(f"texts[{i}]", text, max_chars)) is not None]
+    raise_problems(problems)
+    return texts
+
+
+def load_object(raw: bytes, example: str) -> dict:
+    """A body's JSON object, or :class:`InvalidRequestError` showing ``example``."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidRequestError(f"body is not valid UTF-8 JSON ({exc}); send {example}") from None
+    except RecursionError:
+        raise InvalidRequestError(f"body is JSON nested too deeply to read; send {example}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError(f"body must be a JSON object like {example}, got {type(data).__name__}")
+    return data
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One :class:`InvalidRequestError` listing the first ``MAX_REPORTED`` problems, if there are any."""
     if problems:
         shown = problems[:MAX_REPORTED]
         more = f" (and {len(problems) - MAX_REPORTED} more)" if len(problems) > MAX_REPORTED else ""
         raise InvalidRequestError("invalid body: " + "; ".join(shown) + more)
-    return texts
 
 
-def _text_problems(texts: list, max_texts: int, max_chars: int) -> list[str]:
+def list_problems(name: str, values: list, max_items: int) -> list[str]:
     problems = []
-    if not texts:
-        problems.append("'texts' is empty; send at least one text")
-    if len(texts) > max_texts:
-        problems.append(f"'texts' has {len(texts)} items, more than max_texts={max_texts}; split the request")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            problems.append(f"texts[{i}] is {type(text).__name__}, not a string")
-        elif len(text) > max_chars:
-            problems.append(f"texts[{i}] has {len(text)} characters, more than max_chars={max_chars}")
-        elif "\x00" in text:
-            problems.append(f"texts[{i}] contains a NUL character (\\u0000)")
-        elif not _encodable(text):
-            problems.append(f"texts[{i}] contains a lone surrogate (a \\ud800-\\udfff escape without its "
-                            "pair), which is not text; send valid Unicode")
+    if not values:
+        problems.append(f"'{name}' is empty; send at least one")
+    if len(values) > max_items:
+        problems.append(f"'{name}' has {len(values)} items, more than max_texts={max_items}; split the request")
     return problems
+
+
+def text_problem(where: str, text: object, max_chars: int) -> Optional[str]:
+    """What is wrong with one text (``where`` names it), or None."""
+    if not isinstance(text, str):
+        return f"{where} is {type(text).__name__}, not a string"
+    if len(text) > max_chars:
+        return f"{where} has {len(text)} characters, more than max_chars={max_chars}"
+    if "\x00" in text:
+        return f"{where} contains a NUL character (\\u0000)"
+    if not _encodable(text):
+        return (f"{where} contains a lone surrogate (a \\ud800-\\udfff escape without its pair), which is not "
+                "text; send valid Unicode")
+    return None
 
 
 def _encodable(text: str) -> bool:

@@ -1,6 +1,6 @@
-"""The erasure audit: a tenant is trained on data carrying a canary word, tuned, given API keys and
-served; `attune registry delete-tenant` erases it; then every store it used is scanned for the
-tenant id and the canary, and none may hold either.
+"""The erasure audit: a tenant is trained on data carrying a canary word, tuned, given API keys,
+served and sent feedback on texts with the canary; `attune registry delete-tenant` erases it; then
+every store it used is scanned for the tenant id and the canary, and none may hold either.
 
 Stores scanned: the registry's database (the SQLite file's bytes, free pages included; every row of
 every PostgreSQL table), the S3 bucket (object names and bodies), every file under ATTUNE_HOME
@@ -19,7 +19,7 @@ import sqlalchemy
 
 from cluster import get_settings
 from cluster.cli import main
-from registry import Registry
+from registry import Feedback, FeedbackStore, Registry, database_url
 from serve._app import replica_stats
 from serve._keys import KeyStore, keys_url
 from tests.serve_helpers import app_spec, running_app
@@ -113,6 +113,13 @@ def test_embedded_erasure_leaves_nothing_anywhere(ray_session, tiny_base, demo_d
     spec = app_spec(reg, tmp_path / "serve", keys_url=keys_url(settings))
     with running_app(spec) as client:
         assert _predict(client, key) == 200
+        pid = client.post(f"/v1/tenants/{TENANT}/predict", json={"texts": ["gold rallies"]},
+                          headers={"Authorization": f"Bearer {key}"}).json()["prediction_id"]
+        label = reg.get_version(TENANT, "champion").labels[0]
+        sent = client.post(f"/v1/tenants/{TENANT}/feedback", headers={"Authorization": f"Bearer {key}"},
+                           json={"items": [{"text": f"gold rallies {CANARY}", "label": label, "prediction_id": pid}]})
+        assert sent.status_code == 200 and sent.json()["stored"] == 1, sent.text
+        assert CANARY.encode() in (home / "keys.db").read_bytes()
         assert any(k.startswith(f"{TENANT}:") for k in replica_stats()[0]["models"])
         report = _erase(settings, monkeypatch, capsys)
         wait_for(lambda: _predict(client, key) == 401, 10.0, "the erased tenant's key to be refused (401)")
@@ -121,9 +128,9 @@ def test_embedded_erasure_leaves_nothing_anywhere(ray_session, tiny_base, demo_d
                  "the replica to drop the erased tenant's model")
         assert _files_holding_markers(tmp_path / "serve") == []  # the replica's cache folder
 
-    assert {part["store"] for part in report["stores"] if part["removed"]} == {"keys", "registry", "training",
-                                                                              "tuning"}
-    assert _files_holding_markers(home) == []  # mlflow.db and keys.db bytes, artifacts, exports, runs, Tune
+    assert {part["store"] for part in report["stores"] if part["removed"]} == {"keys", "registry", "feedback",
+                                                                              "training", "tuning"}
+    assert _files_holding_markers(home) == []  # mlflow.db and keys.db (keys, feedback) bytes, artifacts, exports
 
 
 def test_postgres_and_s3_erasure_leaves_nothing_anywhere(ray_session, postgres_s3_direct, s3_service, tiny_base,
@@ -135,13 +142,17 @@ def test_postgres_and_s3_erasure_leaves_nothing_anywhere(ray_session, postgres_s
     _train_and_tune(settings, _canary_data(demo_dir, tmp_path / "data" / "canary.jsonl"), tiny_base)
     assert keys_url(settings) == database_uri  # the keys live in the registry's PostgreSQL
     KeyStore(keys_url(settings)).create(TENANT)
+    assert database_url(settings) == database_uri  # and so does the feedback (written as the endpoint writes it)
+    FeedbackStore(database_url(settings)).record(TENANT, [Feedback(f"oil slides {CANARY}", "world"),
+                                                          Feedback(f"oil slides {CANARY}", "business")])
+    assert [row["label"] for row in FeedbackStore(database_uri).items(TENANT)] == ["business"]
     bucket = artifact_root.removeprefix("s3://").split("/", 1)[0]
     s3 = s3_service.client()
     assert _bucket_objects_holding_markers(s3, bucket) and _postgres_rows_holding_markers(database_uri)
 
     report = _erase(settings, monkeypatch, capsys)
-    assert {part["store"] for part in report["stores"] if part["removed"]} == {"keys", "registry", "training",
-                                                                              "tuning"}
+    assert {part["store"] for part in report["stores"] if part["removed"]} == {"keys", "registry", "feedback",
+                                                                              "training", "tuning"}
     assert _postgres_rows_holding_markers(database_uri) == []
     assert _bucket_objects_holding_markers(s3, bucket) == []
     assert _files_holding_markers(home) == []

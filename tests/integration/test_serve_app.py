@@ -1,5 +1,5 @@
 """The Serve application over real HTTP on 127.0.0.1: localization, the error table, replica survival,
-tenant isolation, LoRA base sharing, key revocation, alias follow with zero failures, metrics.
+tenant isolation, LoRA base sharing, key revocation, alias follow with zero failures, metrics, feedback.
 
 Models are tiny constant-answer exports registered in a SQLite registry (no training); one endpoint
 replica with 0.25 CPU runs on the shared 2-CPU test Ray.
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from ray import serve as ray_serve
 
+from registry import FeedbackStore, prediction_version
 from serve._app import APP_NAME, DEPLOYMENT
 from serve._keys import KeyStore
 from tests.registry_helpers import sqlite_registry
@@ -204,16 +205,79 @@ def test_promote_and_rollback_are_followed_with_zero_failures(served):
     assert predict(served, "dave", key=key).json()["predictions"][0]["label"] == "positive"  # v1 answers positive
 
 
+def feedback(served, tenant, items, key=None, **kwargs):
+    key = served["keys"]["admin"] if key is None else key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return served["client"].post(f"/v1/tenants/{tenant}/feedback", headers=headers,
+                                 **(kwargs or {"json": {"items": items}}))
+
+
+def test_feedback_is_stored_with_the_version_its_prediction_id_names(served):
+    answer = predict(served, "john", texts=[TEXT, "oil slides"], key=served["keys"]["john"]).json()
+    pid = answer["prediction_id"]
+    assert prediction_version(pid) == answer["model_version"] == served["versions"]["john"]
+    assert predict(served, "john").json()["prediction_id"] != pid  # one id per answer
+    sent = [{"text": TEXT, "label": "negative", "prediction_id": pid}, {"text": "oil slides", "label": "positive"}]
+    resp = feedback(served, "john", sent, key=served["keys"]["john"])
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["tenant"] == "john" and body["stored"] == 2
+    assert [(i["label"], i["prediction_id"], i["version"]) for i in body["items"]] == [
+        ("negative", pid, served["versions"]["john"]), ("positive", None, None)]
+    again = feedback(served, "john", [{"text": TEXT, "label": "positive"}])  # an admin key; the newest label wins
+    assert again.status_code == 200 and again.json()["stored"] == 1
+    rows = {row["text"]: row for row in FeedbackStore(served["store"].url).items("john")}
+    assert rows[TEXT]["label"] == "positive" and rows["oil slides"]["label"] == "positive"
+    assert len(rows) == 2
+
+
+FEEDBACK_ERRORS = [  # (tenant, key name or raw key, items or request kwargs, status, code)
+    ("john", "", [{"text": "a", "label": "positive"}], 401, "unauthorized"),
+    ("john", "atn_000000000000_wrong", [{"text": "a", "label": "positive"}], 401, "unauthorized"),
+    ("john", "jane", [{"text": "a", "label": "positive"}], 403, "forbidden"),
+    ("ghost", "admin", [{"text": "a", "label": "positive"}], 404, "unknown_tenant"),
+    ("carl", "admin", [{"text": "a", "label": "positive"}], 409, "no_champion"),
+    ("john", "john", [{"text": "a", "label": "bullish"}], 422, "unknown_label"),
+    ("john", "john", [{"text": "a", "label": "positive", "prediction_id": "v1"}], 422, "invalid_body"),
+    ("john", "john", [{"text": "a", "label": "positive"}] * 65, 422, "invalid_body"),
+    ("john", "john", [{"text": "x" * 10_001, "label": "positive"}], 422, "invalid_body"),
+    ("john", "john", {"content": b'{"items": [{"text": "\\ud800", "label": "positive"}]}'}, 422, "invalid_body"),
+    ("john", "john", {"content": b'{"items": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"}, 422, "invalid_body"),
+    ("john", "john", {"content": b'{"items": [{"text": "' + b"x" * (1024 * 1024) + b'"}]}'}, 413,
+     "payload_too_large"),
+]
+
+
+def test_feedback_error_table(served):
+    """Same keys and limits as predict; a label the champion does not know is listed against the known ones."""
+    before = len(FeedbackStore(served["store"].url).items("jane"))
+    for tenant, who, items, status, code in FEEDBACK_ERRORS:
+        key = served["keys"].get(who, who)
+        kwargs = items if isinstance(items, dict) else {}
+        resp = feedback(served, tenant, items, key=key if key else "", **kwargs)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (status, code), (tenant, who, resp.text)
+        if code == "unknown_label":
+            assert "'bullish'" in resp.json()["error"]["message"]
+            assert "knows 'negative', 'positive'" in resp.json()["error"]["message"]
+    assert "a" not in {row["text"] for row in FeedbackStore(served["store"].url).items("john")}
+    assert len(FeedbackStore(served["store"].url).items("jane")) == before
+
+
 def test_health_and_openapi(served):
     client = served["client"]
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 200
     doc = client.get("/docs").json()
     assert doc["openapi"].startswith("3.") and doc["info"]["title"] == "attune"
-    assert {"/v1/tenants/{tenant}/predict", "/v1/tenants/{tenant}", "/healthz", "/readyz"} <= set(doc["paths"])
+    assert {"/v1/tenants/{tenant}/predict", "/v1/tenants/{tenant}/feedback", "/v1/tenants/{tenant}", "/healthz",
+            "/readyz"} <= set(doc["paths"])
     predict_op = doc["paths"]["/v1/tenants/{tenant}/predict"]["post"]
     assert predict_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["texts"]
     assert {"200", "401", "403", "404", "409", "413", "422", "503"} <= set(predict_op["responses"])
+    assert "prediction_id" in doc["components"]["schemas"]["PredictResponse"]["required"]
+    feedback_op = doc["paths"]["/v1/tenants/{tenant}/feedback"]["post"]
+    assert feedback_op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["items"]
+    assert {"200", "401", "403", "404", "409", "413", "422", "503"} <= set(feedback_op["responses"])
     _check_refs(doc, doc)
     from openapi_spec_validator import validate
 

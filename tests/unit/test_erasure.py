@@ -1,6 +1,6 @@
 """`attune registry delete-tenant` erases a tenant from every store: its API keys, the registry
-(versions, runs, artifacts, the experiment, purged and vacuumed out of SQLite) and its files under
-ATTUNE_HOME (exports, Train runs, progress logs, the Tune experiment), and leaves other tenants,
+(versions, runs, artifacts, the experiment, purged and vacuumed out of SQLite), its feedback, and its
+files under ATTUNE_HOME (exports, Train runs, progress logs, the Tune experiment), and leaves other tenants,
 including one whose id starts with the same letters, as they were. Run in-process, as a user types it."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from cluster import get_settings
 from cluster.cli import main
+from registry import Feedback, FeedbackStore
 from serve import KeyStore
 from tests.registry_helpers import fake_model_dir, record, sqlite_registry
 
@@ -33,12 +34,15 @@ def two_tenants(attune_home, tmp_path):
     """john and john-2, each with a champion, keys and the files training and tuning leave behind."""
     reg = sqlite_registry(attune_home)
     keys = KeyStore(f"sqlite:///{attune_home / 'keys.db'}")
+    feedback = FeedbackStore(keys.url)
     files = {}
     for tenant in ("john", "john-2"):
         version = reg.register_candidate(tenant, fake_model_dir(tmp_path / tenant, tenant.encode()),
                                          record(tenant)).version
         reg.promote(tenant, version, reason="first")
         keys.create(tenant)
+        feedback.record(tenant, [Feedback(f"{tenant} feedback one", "positive"),
+                                 Feedback(f"{tenant} feedback two", "negative")])
         runs = attune_home / "ray_results"
         files[tenant] = [
             _touch(attune_home / "models" / tenant / "20261207T101112" / "model" / "attune.json", tenant),
@@ -47,7 +51,8 @@ def two_tenants(attune_home, tmp_path):
             _touch(runs / f"tune-{tenant}" / "attune-search.json"),
         ]
     keys.create("john")
-    return {"keys": keys, "files": files, "home": attune_home}
+    feedback.engine.dispose()
+    return {"keys": keys, "feedback": feedback, "files": files, "home": attune_home}
 
 
 def test_delete_tenant_erases_every_store_and_leaves_the_others(two_tenants, capsys):
@@ -57,8 +62,9 @@ def test_delete_tenant_erases_every_store_and_leaves_the_others(two_tenants, cap
     report = json.loads(captured.out.strip().splitlines()[-1])
     assert "erasing tenant john" in captured.err and "training" in captured.err
     stores = {part["store"]: part for part in report["stores"]}
-    assert list(stores) == ["keys", "registry", "training", "tuning"]
+    assert list(stores) == ["keys", "registry", "feedback", "training", "tuning"]
     assert len(stores["keys"]["removed"]) == 2
+    assert stores["feedback"]["removed"] == ["feedback on 2 text(s)"]
     assert stores["registry"]["removed"][0] == "registered model tenant.john and its 1 version(s)"
     export, run, progress, _ = two_tenants["files"]["john"]
     assert sorted(stores["training"]["removed"]) == sorted(map(str, [export.parents[2], run.parents[1],
@@ -67,6 +73,7 @@ def test_delete_tenant_erases_every_store_and_leaves_the_others(two_tenants, cap
     assert report["removed"] == sum(len(part["removed"]) for part in report["stores"])
 
     assert [row["tenant"] for row in two_tenants["keys"].list()] == ["john-2"]
+    assert two_tenants["feedback"].items("john") == [] and len(two_tenants["feedback"].items("john-2")) == 2
     assert all(path.exists() for path in two_tenants["files"]["john-2"])
     assert not (home / "models" / "john").exists()
     for database in ("mlflow.db", "keys.db"):  # vacuumed: not even the free pages hold the tenant
@@ -84,8 +91,8 @@ def test_the_sqlite_files_hold_nothing_of_an_erased_tenant(two_tenants, tmp_path
     assert main(["registry", "delete-tenant", "john", "--yes"]) == 0
     raw = (home / "mlflow.db").read_bytes()
     assert raw.count(marker) == raw.count(b"tenant.john-2")  # only john-2's names start with it
-    keys = (home / "keys.db").read_bytes()
-    assert keys.count(b"john") == keys.count(b"john-2")
+    keys = (home / "keys.db").read_bytes()  # the API keys and the feedback
+    assert keys.count(b"john") == keys.count(b"john-2") and b"john feedback" not in keys
 
 
 def test_an_interrupted_erasure_reports_the_failed_store_and_a_second_run_finishes(two_tenants, capsys,
@@ -111,7 +118,7 @@ def test_an_interrupted_erasure_reports_the_failed_store_and_a_second_run_finish
 
     assert main(["registry", "delete-tenant", "john", "--yes", "--json"]) == 0
     stores = {part["store"]: part for part in _json(capsys)["stores"]}
-    assert stores["registry"]["removed"] == [] and stores["keys"]["removed"] == []
+    assert stores["registry"]["removed"] == stores["keys"]["removed"] == stores["feedback"]["removed"] == []
     assert not (two_tenants["home"] / "models" / "john").exists()
     assert main(["registry", "delete-tenant", "john", "--yes"]) == 2
     assert "nothing to erase" in capsys.readouterr().err
@@ -128,7 +135,7 @@ def test_every_erasers_entry_point_loads(attune_home):
     from cluster._erasure import ERASERS_GROUP
 
     erasers = entry_points(ERASERS_GROUP)
-    assert [e.name for e in erasers] == ["keys", "registry", "training", "tuning"]
+    assert [e.name for e in erasers] == ["keys", "registry", "feedback", "training", "tuning"]
     settings = get_settings()
     for entry in erasers:  # nothing stored yet: every store answers, removes nothing
         part = entry.load()("nobody", settings)

@@ -1,0 +1,199 @@
+"""Labelled feedback on a tenant's predictions, stored for relocalization (``POST .../feedback``).
+
+Serving writes it, training reads it; both reach it here, below them. One row per (tenant, text):
+the text's SHA-256 is the key, so sending a text again replaces its label (the newest label wins).
+Rows live in table ``attune_feedback`` of the database that holds the API keys
+(:func:`database_url`): SQLite at ``$ATTUNE_HOME/keys.db`` by default, the registry's PostgreSQL
+when the registry is on PostgreSQL, ``ATTUNE_KEYS_DB_URL`` when set.
+
+A prediction id reads ``<version>.<16 hex digits>``: the version that answered, then random bits.
+It is not signed; feedback that names one records that version as the client's claim.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from registry._errors import RegistryUnavailableError
+from registry._names import check_tenant_id
+from registry._store import redact, vacuum_sqlite
+
+logger = logging.getLogger("attune.registry")
+TABLE = "attune_feedback"
+PREDICTION_ID_PATTERN = r"^[1-9][0-9]{0,9}\.[0-9a-f]{16}$"
+_PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
+UPSERT_DIALECTS = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT DO UPDATE; others delete, then insert
+
+
+class FeedbackStoreError(RegistryUnavailableError):
+    """The feedback store cannot be opened, read or written (503 when serving; exit status 1)."""
+
+    code = "feedback_store_unavailable"
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One labelled text; ``version`` is the version that answered ``prediction_id`` (None without one)."""
+
+    text: str
+    label: str
+    prediction_id: Optional[str] = None
+
+    @property
+    def text_sha256(self) -> str:
+        return text_sha256(self.text)
+
+    @property
+    def version(self) -> Optional[str]:
+        return prediction_version(self.prediction_id) if self.prediction_id else None
+
+
+def database_url(settings) -> str:
+    """attune's own tables (API keys, feedback): ``ATTUNE_KEYS_DB_URL``, else the registry's PostgreSQL,
+    else SQLite at ``$ATTUNE_HOME/keys.db``."""
+    explicit = getattr(settings, "keys_db_url", None)
+    if explicit:
+        return explicit
+    for uri in (settings.mlflow_tracking_uri, settings.mlflow_backend_store_uri):
+        if uri and uri.startswith("postgresql"):
+            return uri
+    return f"sqlite:///{(Path(settings.home) / 'keys.db').resolve()}"
+
+
+def new_prediction_id(version: str) -> str:
+    """A fresh id for a prediction that ``version`` answered."""
+    return f"{version}.{secrets.token_hex(8)}"
+
+
+def prediction_version(prediction_id: str) -> str:
+    """The version inside a prediction id; ValueError naming the format when it is not one."""
+    if not isinstance(prediction_id, str) or not _PREDICTION_ID.fullmatch(prediction_id):
+        raise ValueError(f"{str(prediction_id)[:60]!r} is not a prediction id (<version>.<16 hex digits>, as "
+                         "predict answers it)")
+    return prediction_id.split(".", 1)[0]
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def newest_per_text(items: Iterable[Feedback]) -> list[Feedback]:
+    """One item per distinct text, in first-seen order, each with its last label (the newest wins)."""
+    latest: dict[str, Feedback] = {}
+    for item in items:
+        latest[item.text_sha256] = item
+    return list(latest.values())
+
+
+class FeedbackStore:
+    """The feedback table behind a SQLAlchemy URL (created on first use)."""
+
+    def __init__(self, url: str):
+        import sqlalchemy as sa
+
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.url = url
+        self.engine = sa.create_engine(url, pool_pre_ping=True)
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            TABLE, meta,
+            sa.Column("tenant", sa.String(64), primary_key=True),
+            sa.Column("text_sha256", sa.String(64), primary_key=True),
+            sa.Column("text", sa.Text, nullable=False),
+            sa.Column("label", sa.Text, nullable=False),
+            sa.Column("prediction_id", sa.String(40), nullable=True),
+            sa.Column("version", sa.String(16), nullable=True),
+            sa.Column("received_at", sa.String(40), nullable=False),
+        )
+        self._guard(lambda: meta.create_all(self.engine, checkfirst=True), "open")
+
+    def record(self, tenant: str, items: Iterable[Feedback]) -> list[dict]:
+        """Store each item, replacing an earlier label of the same text; the rows stored, without texts."""
+        check_tenant_id(tenant)
+        now = _now()
+        rows = [{"tenant": tenant, "text_sha256": item.text_sha256, "text": item.text, "label": item.label,
+                 "prediction_id": item.prediction_id, "version": item.version, "received_at": now}
+                for item in newest_per_text(items)]
+        if rows:
+            self._guard(lambda: self._upsert(rows), "write to")
+        return [{key: row[key] for key in ("text_sha256", "label", "prediction_id", "version")} for row in rows]
+
+    def _upsert(self, rows: list[dict]) -> None:
+        import importlib
+
+        dialect = self.engine.dialect.name
+        with self.engine.begin() as conn:
+            if dialect in UPSERT_DIALECTS:
+                insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(self.table)
+                replaced = {c: insert.excluded[c] for c in ("text", "label", "prediction_id", "version",
+                                                            "received_at")}
+                conn.execute(insert.on_conflict_do_update(index_elements=["tenant", "text_sha256"], set_=replaced),
+                             rows)
+                return
+            for row in rows:
+                conn.execute(self.table.delete().where((self.table.c.tenant == row["tenant"])
+                                                       & (self.table.c.text_sha256 == row["text_sha256"])))
+            conn.execute(self.table.insert(), rows)
+
+    def items(self, tenant: str) -> list[dict]:
+        """The tenant's feedback, oldest first: text, label, prediction_id, version, received_at."""
+        import sqlalchemy as sa
+
+        table = self.table
+        query = (sa.select(table.c.text, table.c.label, table.c.prediction_id, table.c.version, table.c.received_at)
+                 .where(table.c.tenant == check_tenant_id(tenant)).order_by(table.c.received_at, table.c.text_sha256))
+
+        def read():
+            with self.engine.connect() as conn:
+                return [dict(row) for row in conn.execute(query).mappings()]
+
+        return self._guard(read, "read")
+
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every row of ``tenant`` (erasure); how many there were."""
+        check_tenant_id(tenant)
+
+        def delete():
+            with self.engine.begin() as conn:
+                return conn.execute(self.table.delete().where(self.table.c.tenant == tenant)).rowcount
+
+        return self._guard(delete, "delete from")
+
+    def _guard(self, fn, action: str):
+        import sqlalchemy as sa
+
+        try:
+            return fn()
+        except sa.exc.SQLAlchemyError as exc:
+            logger.error("cannot %s the feedback store at %s: %s", action, redact(self.url), exc)
+            raise FeedbackStoreError(f"cannot {action} the feedback store at {redact(self.url)}: "
+                                     f"{str(exc).splitlines()[0][:300]}; check ATTUNE_KEYS_DB_URL or the "
+                                     "registry's database") from None
+
+
+def erase_feedback(tenant: str, settings) -> dict:
+    """The ``attune.erasers`` entry for feedback (see ``cluster._erasure``): idempotent; vacuums SQLite."""
+    check_tenant_id(tenant)
+    url = database_url(settings)
+    where = redact(url)
+    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if database is not None and not database.is_file():
+        return {"where": where, "removed": [], "notes": []}  # nothing was ever stored here
+    count = FeedbackStore(url).delete_tenant(tenant)
+    removed = [f"feedback on {count} text(s)"] if count else []
+    notes = []
+    if database is not None:
+        vacuum_sqlite(database)
+        notes.append(f"{database} vacuumed")
+    return {"where": where, "removed": removed, "notes": notes}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
