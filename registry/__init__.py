@@ -28,6 +28,7 @@ from registry._manifest import MANIFEST, MANIFEST_KEYS, read_manifest
 from registry._names import CHALLENGER, CHAMPION, TENANT_ID_PATTERN, check_tenant_id, tenant_model_name
 from registry._records import Lineage, RunRecord, VersionInfo
 from registry._registry import Registry
+from registry._store import erase_rows
 
 __all__ = [
     "Registry",
@@ -60,4 +61,5 @@ __all__ = [
     "new_prediction_id",
     "prediction_version",
     "erase_feedback",
+    "erase_rows",
 ]

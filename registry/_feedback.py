@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 from registry._errors import RegistryUnavailableError
 from registry._names import check_tenant_id
-from registry._store import redact, vacuum_sqlite
+from registry._store import erase_rows, redact
 
 logger = logging.getLogger("attune.registry")
 TABLE = "attune_feedback"
@@ -182,17 +182,12 @@ def erase_feedback(tenant: str, settings) -> dict:
     """The ``attune.erasers`` entry for feedback (see ``cluster._erasure``): idempotent; vacuums SQLite."""
     check_tenant_id(tenant)
     url = database_url(settings)
-    where = redact(url)
-    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-    if database is not None and not database.is_file():
-        return {"where": where, "removed": [], "notes": []}  # nothing was ever stored here
-    count = FeedbackStore(url).delete_tenant(tenant)
-    removed = [f"feedback on {count} text(s)"] if count else []
-    notes = []
-    if database is not None:
-        vacuum_sqlite(database)
-        notes.append(f"{database} vacuumed")
-    return {"where": where, "removed": removed, "notes": notes}
+
+    def delete() -> list[str]:
+        count = FeedbackStore(url).delete_tenant(tenant)
+        return [f"feedback on {count} text(s)"] if count else []
+
+    return erase_rows(url, redact(url), delete)
 
 
 def _now() -> str:

@@ -208,6 +208,20 @@ def sqlite_files(*uris) -> list[Path]:
                    if uri and uri.startswith("sqlite:///")})
 
 
+def erase_rows(url: str, where: str, delete: Callable[[], list]) -> dict:
+    """An eraser's work on a SQLAlchemy store (``cluster._erasure``): nothing when its SQLite file was
+    never created; else ``delete()`` (the items it removed), then a SQLite file is vacuumed so the
+    deleted rows leave nothing in its free pages."""
+    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    if database is not None and not database.is_file():
+        return {"where": where, "removed": [], "notes": []}
+    removed = delete()
+    if database is None:
+        return {"where": where, "removed": removed, "notes": []}
+    vacuum_sqlite(database)
+    return {"where": where, "removed": removed, "notes": [f"{database} vacuumed"]}
+
+
 def vacuum_sqlite(path: Path) -> None:
     """Rewrite a SQLite database so deleted rows leave nothing in its free pages."""
     import sqlite3

@@ -10,10 +10,7 @@ registry's eraser deleted the registered model), after which the tenant is a 404
 """
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
-from registry import check_tenant_id
+from registry import check_tenant_id, erase_rows
 from serve._keys import KeyStore, _redact, keys_url
 
 
@@ -21,17 +18,5 @@ def erase_tenant_keys(tenant: str, settings) -> dict:
     """The ``attune.erasers`` entry for serving (see ``cluster._erasure``)."""
     check_tenant_id(tenant)
     url = keys_url(settings)
-    where = _redact(url)
-    database = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-    if database is not None and not database.is_file():
-        return {"where": where, "removed": []}  # no key was ever created here
-    removed = [f"API key {key_id}" for key_id in KeyStore(url).delete_tenant(tenant)]
-    notes = []
-    if database is not None:
-        connection = sqlite3.connect(str(database), timeout=30)
-        try:
-            connection.execute("VACUUM")
-        finally:
-            connection.close()
-        notes.append(f"{database} vacuumed")
-    return {"where": where, "removed": removed, "notes": notes}
+    return erase_rows(url, _redact(url),
+                      lambda: [f"API key {key_id}" for key_id in KeyStore(url).delete_tenant(tenant)])
