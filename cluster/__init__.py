@@ -17,6 +17,7 @@ _EXPORTS = {
     "SettingsError": "cluster._settings",
     "get_settings": "cluster._settings",
     "init_ray": "cluster._runtime",
+    "free_local_cpus": "cluster._runtime",
     "shutdown_ray": "cluster._runtime",
     "local_head": "cluster._runtime",
     "start_local_head": "cluster._runtime",

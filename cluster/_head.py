@@ -32,7 +32,10 @@ MAX_START_ATTEMPTS = 3
 # `ray start` flags, one per port attune picks; the GCS port first.
 PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--metrics-export-port", "--runtime-env-agent-port", "--dashboard-agent-grpc-port")
-_POLL_S = 0.5
+# Readiness and exit polls: each reads /proc (a few ms); a head is up within a poll of finishing.
+_POLL_S = 0.1
+_STOP_POLL_S = 0.05
+_CONFIRM_S = 0.5  # a port seen held by another process for this long is taken
 _IN_USE = re.compile(r"address already in use|eaddrinuse|errno 98|failed to bind|port .* (?:is )?in use",
                      re.IGNORECASE)
 PortPicker = Callable[[int], list]
@@ -169,16 +172,19 @@ def _wait_ready(settings: Settings, attempt: _Attempt, timeout_s: float) -> None
     """Poll until the head is up; raise :class:`PortTaken` or ``RayUnavailableError`` at the first sign
     it will not come up."""
     deadline = time.monotonic() + timeout_s
-    suspect: Optional[int] = None  # a port seen held by another process: confirmed at the next poll
+    suspect: Optional[tuple[int, float]] = None  # a port seen held by another process, and since when
     while True:
         code = attempt.proc.poll()
         if code is not None:
             raise _exited(settings, attempt, code)
         found = _ports.listeners(attempt.ports, sid=attempt.proc.pid)
         foreign = [p for p in attempt.ports if found and p in found and not found[p].ours]
-        if foreign and foreign[0] == suspect:
-            raise PortTaken(suspect, found[suspect].describe())
-        suspect = foreign[0] if foreign else None
+        if not foreign:
+            suspect = None
+        elif suspect is None or suspect[0] != foreign[0]:
+            suspect = (foreign[0], time.monotonic())
+        elif time.monotonic() - suspect[1] >= _CONFIRM_S:  # still another's: not a moment's misreading
+            raise PortTaken(suspect[0], found[suspect[0]].describe())
         if _started(settings, attempt, found):
             return
         if time.monotonic() > deadline:
@@ -256,19 +262,29 @@ def _kill_session(proc: subprocess.Popen) -> None:
 
 
 def _kill_all(sid: int) -> None:
+    _signal_all(sid, signal.SIGKILL)
+
+
+def _signal_all(sid: int, sig: int) -> None:
+    """Send ``sig`` to every process of the session ``sid`` (a head's ``ray start`` and all it started)."""
     try:
-        os.killpg(sid, signal.SIGKILL)  # `ray start` leads its own session and process group
+        os.killpg(sid, sig)  # `ray start` leads its own session and process group
     except (ProcessLookupError, PermissionError):
         pass
     for pid in _ports.session_pids(sid):  # any that left the group
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
 
 
 def _session_alive(sid: int) -> bool:
     return _pid_alive(sid) or bool(_ports.session_pids(sid))
+
+
+def _only_ray_start_left(sid: int) -> bool:
+    """Whether ``ray start`` (the session's leader) runs and no other process of its session does."""
+    return _ports.session_pids(sid, running=True) == [sid]
 
 
 def stop_local_head(settings: Settings, timeout_s: float = 30.0) -> bool:
@@ -279,10 +295,14 @@ def stop_local_head(settings: Settings, timeout_s: float = 30.0) -> bool:
     pid = int(json.loads(path.read_text())["pid"])
     stopped = _pid_alive(pid)
     if stopped:  # (a dead pid may be another process's by now: then nothing is signalled)
-        os.kill(pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
+        # Every process of the head at once, as `ray stop` does: `ray start --block` alone would stop
+        # them one after another, waiting up to a second for each (about 5 s for a head's dozen).
+        _signal_all(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while _session_alive(pid) and time.monotonic() < deadline:  # its processes too, not only `ray start`
-            time.sleep(0.2)
+            if _only_ray_start_left(pid):  # every Ray process exited: what is left is the CLI's own clean-up
+                _kill_all(pid)  # (seconds of it, about processes already gone; its temp folder goes below)
+            time.sleep(_STOP_POLL_S)
         if _session_alive(pid):
             _kill_all(pid)  # its own session: only what that head started
     path.unlink(missing_ok=True)

@@ -99,15 +99,16 @@ def _listening_inodes() -> Optional[dict[int, set[int]]]:
     return found if readable else None
 
 
-def session_pids(sid: int) -> list[int]:
-    """Every process in session ``sid`` (the head's ``ray start`` and all it started)."""
+def session_pids(sid: int, running: bool = False) -> list[int]:
+    """Every process in session ``sid`` (the head's ``ray start`` and all it started); ``running``:
+    leave out the ones that have exited and wait to be reaped (zombies)."""
     pids = []
     for entry in PROC.glob("[0-9]*"):
         try:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[3]) == sid:
+        if int(fields[3]) == sid and not (running and fields[0] == "Z"):
             pids.append(int(entry.name))
     return pids
 

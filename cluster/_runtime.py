@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import subprocess
+from pathlib import Path
 from typing import Optional
 
 from cluster._errors import AttuneError
@@ -226,10 +227,32 @@ def start_local_head(settings: Settings, timeout_s: float = 90.0, *,
     # idle, so every stop waited the full 30 s. A value the user exported wins.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     env.setdefault("RAY_AUTH_MODE", "token")  # the GCS listens beyond loopback: require Ray's token
-    if env["RAY_AUTH_MODE"] == "token":  # make sure ~/.ray/auth_token exists (never printed)
+    if env["RAY_AUTH_MODE"] == "token" and not _has_auth_token(env):  # make ~/.ray/auth_token (never printed)
         subprocess.run([cmd[0], "get-auth-token", "--generate"], env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return start_head(settings, cmd, env, timeout_s, pick_ports)
+
+
+def free_local_cpus(settings: Settings) -> Optional[int]:
+    """CPUs free now on the local Ray (embedded, or the local head a detached endpoint shares), which
+    nothing adds to; None on a ``RAY_ADDRESS`` cluster, whose autoscaler may add nodes, and before
+    :func:`init_ray` has connected."""
+    if settings.ray_address:
+        return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return int(ray.available_resources().get("CPU", 0) + 1e-9)
+
+
+def _has_auth_token(env: dict) -> bool:
+    """Whether Ray will find a token: ``RAY_AUTH_TOKEN``, or a non-empty ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token`` (then ``ray get-auth-token --generate``, a few seconds, is not needed)."""
+    if env.get("RAY_AUTH_TOKEN"):
+        return True
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _use_auth_mode(mode: str) -> None:

@@ -24,6 +24,7 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_S3_ENDPOINT_URL": "s3_endpoint_url",
     "ATTUNE_LOG_LEVEL": "log_level",
     "ATTUNE_BASE": "base",
+    "ATTUNE_BASES_DIR": "bases_path",
     "ATTUNE_WORKERS": "num_workers",
     "ATTUNE_ZERO_STAGE": "zero_stage",
     "ATTUNE_MAX_FAILURES": "max_failures",
@@ -41,6 +42,12 @@ ENV_VARS: dict[str, str] = {
     "ATTUNE_MAX_DATA_ROWS": "max_data_rows",
     "ATTUNE_MAX_LABELS": "max_labels",
     "ATTUNE_MAX_LABEL_CHARS": "max_label_chars",
+    "ATTUNE_RELOCALIZE_MIN_NEW_LABELS": "relocalize_min_new_labels",
+    "ATTUNE_RELOCALIZE_ON_DRIFT": "relocalize_on_drift",
+    "ATTUNE_RELOCALIZE_SIMILARITY": "relocalize_similarity",
+    "ATTUNE_DRIFT_MIN_ROWS": "drift_min_rows",
+    "ATTUNE_DRIFT_ALPHA": "drift_alpha",
+    "ATTUNE_DRIFT_TOLERANCE_FRACTION": "drift_tolerance_fraction",
 }
 # setting's env var -> the variable read when that one is unset or empty (the tool's own name for it)
 FALLBACKS: dict[str, str] = {
@@ -67,6 +74,8 @@ class Settings(BaseModel):
     s3_endpoint_url: Optional[str] = Field(default=None, description="S3-compatible endpoint.")
     log_level: str = "INFO"
     base: str = "minilm"
+    bases_path: Optional[Path] = Field(default=None, description="where `attune bases install` puts named bases "
+                                                                 "(default $ATTUNE_HOME/bases)")
     num_workers: int = Field(default=2, ge=1)
     zero_stage: int = Field(default=2, ge=0, le=3)
     max_failures: int = Field(default=2, ge=0)
@@ -97,6 +106,21 @@ class Settings(BaseModel):
     max_data_rows: int = Field(default=1_000_000, ge=1, description="tenant data: most data rows in a file")
     max_labels: int = Field(default=500, ge=2, description="tenant data: most distinct labels in a file")
     max_label_chars: int = Field(default=100, ge=1, description="tenant data: longest label, in characters")
+    drift_min_rows: int = Field(default=30, ge=1, description="live quality: feedback rows scored by the champion "
+                                "since its promotion before the drift test runs (registry._quality)")
+    drift_alpha: float = Field(default=0.01, gt=0, lt=0.5, description="live quality: the drift test's level, a "
+                               "probability (one-sided exact binomial test; drift when its p-value is below)")
+    drift_tolerance_fraction: float = Field(default=0.05, ge=0, lt=1, description="live quality: accuracy, as a "
+                                            "fraction (0.05 = 5 points), the champion may lose against its "
+                                            "test_accuracy before it counts as drift")
+    relocalize_min_new_labels: int = Field(
+        default=20, ge=1, description="`attune relocalize --auto`: feedback texts received since the tenant's last "
+                                      "relocalization (or its champion's promotion) that make it due")
+    relocalize_on_drift: bool = Field(default=True, description="`attune relocalize --auto`: a drift flag on the "
+                                                                "champion also makes the tenant due")
+    relocalize_similarity: float = Field(
+        default=0.4, gt=0, le=1, description="relocalize: cosine similarity (base encoder, mean pooling) at which an "
+                                             "older row is taken to be contradicted by a correction")
 
     @field_validator("log_level")
     @classmethod
@@ -105,6 +129,11 @@ class Settings(BaseModel):
         if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
         return value
+
+    @property
+    def bases_dir(self) -> Path:
+        """``ATTUNE_BASES_DIR``, else ``$ATTUNE_HOME/bases``: the named bases ``attune bases install`` puts there."""
+        return (self.bases_path or self.home / "bases").resolve()
 
     @property
     def models_dir(self) -> Path:

@@ -4,6 +4,9 @@ It is a script over attune's own commands, run in this process, so it shows exac
 what a user would type: write the demo data, fine-tune john, jane and newsdesk on one
 local Ray head (2 workers, ZeRO-2; each run is registered and gated), create a key per
 tenant, start the endpoint, and ask john and jane about the same headlines over HTTP.
+Then John goes short: he sends 40 corrections over HTTP (``POST .../feedback``), ``attune
+relocalize --tenant john`` trains and gates his next version, and once the endpoint follows
+the new champion the same headlines are asked again, before and after side by side.
 A re-run reuses every champion whose data and base are unchanged (``--retrain`` forces).
 """
 from __future__ import annotations
@@ -81,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     _check_port_free(args.port)
     demo = _Demo(args, say)
     data_dir = args.data_dir or settings.home / "demo-data"
-    files = demo.call("data", "demo", "--out", str(data_dir))["files"]
+    written = demo.call("data", "demo", "--out", str(data_dir))
+    files, feedback, refresh_s = written["files"], written["feedback"], settings.serve_refresh_s
     if not settings.ray_address:
         head = start_local_head(settings)
         say(f"local Ray head at {head['address']} (one cluster for training and serving)")
@@ -92,12 +96,20 @@ def run(args: argparse.Namespace) -> int:
         endpoint = demo.call("serve", "up", "--host", "127.0.0.1", "--port", str(args.port), "--detach")["url"]
         results = [_compare(endpoint, keys, text) for text in TEXTS]
         say(_table(results))
+        if demo.relocalized("john", versions["john"]):
+            say(f"john: champion v{versions['john']} is already relocalized (John is short); --retrain to redo")
+            relocalized = {"tenant": "john", "reused": versions["john"], "promoted": False}
+        else:
+            relocalized = demo.john_goes_short(endpoint, keys, Path(feedback["john"]), results, refresh_s)
+            say(_side_by_side(results, relocalized["results"]))
         say(_next_steps(endpoint, keys, args))
     finally:
         if not args.keep_running:
             demo.call("serve", "down")
             say("endpoint stopped (run with --keep-running to leave it up)")
-    summary = {"results": results, "endpoint": endpoint, "seconds": round(time.monotonic() - started, 1)}
+    summary = {"results": results, "relocalized": relocalized, "endpoint": endpoint,
+               "seconds": round(time.monotonic() - started, 1)}
+    versions["john"] = relocalized["relocalize"]["model_version"] if relocalized["promoted"] else versions["john"]
     say(f"demo finished in {summary['seconds']:.0f}s; champions: "
         + ", ".join(f"{t} v{v}" for t, v in versions.items()))
     if args.json:
@@ -152,6 +164,27 @@ class _Demo:
                             f"champion to serve: {summary['promotion']['reason']}")
         return self._champion_version(tenant)
 
+    def john_goes_short(self, endpoint: str, keys: dict, corrections: Path, before: list[dict],
+                        refresh_s: float) -> dict:
+        """John's corrections over HTTP, ``attune relocalize --tenant john``, then the same headlines again
+        once the endpoint answers with the new champion (it follows within its refresh time)."""
+        items = [json.loads(line) for line in corrections.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.say(f"\nJohn closes his long gold position and goes short. He sends {len(items)} corrections "
+                 "(rising gold is now negative for him, falling gold positive):")
+        self.say(f"$ curl -X POST {endpoint}/v1/tenants/john/feedback -d '{{\"items\": [...{len(items)} items]}}'")
+        stored = _post(endpoint, "john", "feedback", keys["john"], {"items": items})
+        summary = self.call("relocalize", "--tenant", "john")
+        data, m = summary["data"], summary["metrics"]
+        self.say(f"john: {data['feedback_rows']} feedback texts, {data['contradicted_rows']} older rows contradicted "
+                 f"and relabelled; v{summary['model_version']} test macro-F1 {m['test_macro_f1']:.3f}, "
+                 f"{summary['alias']} ({summary['promotion']['reason']}), {summary['train_seconds']:.0f}s")
+        promoted = bool(summary["promotion"]["promoted"])
+        if promoted:
+            _wait_for_version(endpoint, keys["john"], summary["model_version"], timeout_s=refresh_s * 3 + 30)
+        after = [_compare(endpoint, keys, row["text"]) for row in before]
+        return {"tenant": "john", "feedback_sent": len(items), "feedback_stored": stored["stored"],
+                "relocalize": summary, "promoted": promoted, "results": after}
+
     def _champion_version(self, tenant: str) -> Optional[str]:
         rows = self.call("registry", "list", quiet=True)["tenants"]
         return next((r["champion_version"] for r in rows if r["tenant"] == tenant), None)
@@ -163,8 +196,14 @@ class _Demo:
         shown = self.call("registry", "show", tenant, quiet=True)
         champion = next(v for v in shown["versions"] if v["version"] == version)
         lineage = champion["lineage"]
-        same_data = lineage.get("data_hash") == hashlib.sha256(data.read_bytes()).hexdigest()
+        digest = hashlib.sha256(data.read_bytes()).hexdigest()
+        same_data = digest in (lineage.get("data_hash"), lineage.get("source_data_hash"))  # or relocalized from it
         return version if same_data and lineage.get("base") == base else None
+
+    def relocalized(self, tenant: str, version: str) -> bool:
+        """Whether ``version`` of ``tenant`` came from ``attune relocalize``."""
+        shown = self.call("registry", "show", tenant, quiet=True)
+        return any(v["version"] == version and "relocalized_from" in v["lineage"] for v in shown["versions"])
 
 
 def _last_json(stdout: str, argv) -> dict:
@@ -191,8 +230,25 @@ def _compare(endpoint: str, keys: dict, text: str) -> dict:
 
 
 def _predict(endpoint: str, tenant: str, key: str, texts: list[str]) -> dict:
-    request = urllib.request.Request(f"{endpoint}/v1/tenants/{tenant}/predict", method="POST",
-                                     data=json.dumps({"texts": texts}).encode(),
+    return _post(endpoint, tenant, "predict", key, {"texts": texts})
+
+
+def _wait_for_version(endpoint: str, key: str, version: str, timeout_s: float) -> None:
+    """Poll john's endpoint until the new champion answers (its refresh time), or fail saying so."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answered = _predict(endpoint, "john", key, [SEED_SENTENCE])["model_version"]
+        if answered == version:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"the endpoint still answers john with v{answered}, not the new champion v{version}, "
+                            f"after {timeout_s:.0f}s; see `attune serve status`")
+        time.sleep(0.5)
+
+
+def _post(endpoint: str, tenant: str, route: str, key: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{endpoint}/v1/tenants/{tenant}/{route}", method="POST",
+                                     data=json.dumps(body).encode(),
                                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as resp:
@@ -207,6 +263,16 @@ def _table(results: list[dict]) -> str:
     cell = lambda p: f"{p['label']:<9} {p['scores'][p['label']]:.2f}  v{p['model_version']}"  # noqa: E731
     lines = [f"{'headline':<{width}}{'john (long gold)':<24}jane (short gold)"]
     lines += [f"{r['text']:<{width}}{cell(r['john']):<24}{cell(r['jane'])}" for r in results]
+    return "\n".join(["", *lines, ""])
+
+
+def _side_by_side(before: list[dict], after: list[dict]) -> str:
+    """John before and after relocalizing, and Jane (unchanged), per headline."""
+    width = max(len(r["text"]) for r in before) + 2
+    cell = lambda p: f"{p['label']:<9} {p['scores'][p['label']]:.2f}  v{p['model_version']}"  # noqa: E731
+    lines = [f"{'headline':<{width}}{'john before':<24}{'john after (short)':<24}jane"]
+    lines += [f"{b['text']:<{width}}{cell(b['john']):<24}{cell(a['john']):<24}{cell(a['jane'])}"
+              for b, a in zip(before, after)]
     return "\n".join(["", *lines, ""])
 
 

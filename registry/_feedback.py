@@ -8,6 +8,11 @@ when the registry is on PostgreSQL, ``ATTUNE_KEYS_DB_URL`` when set.
 
 A prediction id reads ``<version>.<16 hex digits>``: the version that answered, then random bits.
 It is not signed; feedback that names one records that version as the client's claim.
+
+Each row also records how the tenant's champion answered its text when the feedback arrived
+(``scored_version``, ``scored_label``, ``scored_confidence``: the top calibrated probability,
+``scored_at``), which the live quality (``registry._quality``) is measured on. A table created
+before these columns existed gets them, empty, when the store opens.
 """
 from __future__ import annotations
 
@@ -29,6 +34,8 @@ TABLE = "attune_feedback"
 PREDICTION_ID_PATTERN = r"^[1-9][0-9]{0,9}\.[0-9a-f]{16}$"
 _PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
 UPSERT_DIALECTS = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT DO UPDATE; others delete, then insert
+ECE_BINS = 15  # equal-width confidence bins of the live ECE, as training's ECE (train._metrics.ECE_BINS)
+SCORE_COLUMNS = ("scored_version", "scored_label", "scored_confidence", "scored_at")
 
 
 class FeedbackStoreError(RegistryUnavailableError):
@@ -39,11 +46,15 @@ class FeedbackStoreError(RegistryUnavailableError):
 
 @dataclass(frozen=True)
 class Feedback:
-    """One labelled text; ``version`` is the version that answered ``prediction_id`` (None without one)."""
+    """One labelled text; ``version`` is the version that answered ``prediction_id`` (None without one).
+    ``scored_*``: the label and top probability that version ``scored_version`` gave the text on arrival."""
 
     text: str
     label: str
     prediction_id: Optional[str] = None
+    scored_version: Optional[str] = None
+    scored_label: Optional[str] = None
+    scored_confidence: Optional[float] = None
 
     @property
     def text_sha256(self) -> str:
@@ -111,15 +122,42 @@ class FeedbackStore:
             sa.Column("prediction_id", sa.String(40), nullable=True),
             sa.Column("version", sa.String(16), nullable=True),
             sa.Column("received_at", sa.String(40), nullable=False),
+            sa.Column("scored_version", sa.String(16), nullable=True),
+            sa.Column("scored_label", sa.Text, nullable=True),
+            sa.Column("scored_confidence", sa.Float, nullable=True),
+            sa.Column("scored_at", sa.String(40), nullable=True),
         )
         self._guard(lambda: meta.create_all(self.engine, checkfirst=True), "open")
+        self._guard(self._add_score_columns, "upgrade")
+
+    def _add_score_columns(self) -> None:
+        """Add the ``scored_*`` columns to a table made before them (nullable, so old rows are unscored);
+        a replica racing this one to it is fine."""
+        import sqlalchemy as sa
+
+        for attempt in range(2):
+            present = {c["name"] for c in sa.inspect(self.engine).get_columns(TABLE)}
+            missing = [name for name in SCORE_COLUMNS if name not in present]
+            if not missing:
+                return
+            try:
+                with self.engine.begin() as conn:
+                    for name in missing:
+                        kind = self.table.c[name].type.compile(dialect=self.engine.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {TABLE} ADD COLUMN {name} {kind}"))
+                return
+            except sa.exc.SQLAlchemyError:
+                if attempt:
+                    raise
 
     def record(self, tenant: str, items: Iterable[Feedback]) -> list[dict]:
         """Store each item, replacing an earlier label of the same text; the rows stored, without texts."""
         check_tenant_id(tenant)
         now = _now()
         rows = [{"tenant": tenant, "text_sha256": item.text_sha256, "text": item.text, "label": item.label,
-                 "prediction_id": item.prediction_id, "version": item.version, "received_at": now}
+                 "prediction_id": item.prediction_id, "version": item.version, "received_at": now,
+                 "scored_version": item.scored_version, "scored_label": item.scored_label,
+                 "scored_confidence": item.scored_confidence, "scored_at": now if item.scored_version else None}
                 for item in newest_per_text(items)]
         if rows:
             self._guard(lambda: self._upsert(rows), "write to")
@@ -133,7 +171,7 @@ class FeedbackStore:
             if dialect in UPSERT_DIALECTS:
                 insert = importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(self.table)
                 replaced = {c: insert.excluded[c] for c in ("text", "label", "prediction_id", "version",
-                                                            "received_at")}
+                                                            "received_at", *SCORE_COLUMNS)}
                 conn.execute(insert.on_conflict_do_update(index_elements=["tenant", "text_sha256"], set_=replaced),
                              rows)
                 return
@@ -153,6 +191,35 @@ class FeedbackStore:
         def read():
             with self.engine.connect() as conn:
                 return [dict(row) for row in conn.execute(query).mappings()]
+
+        return self._guard(read, "read")
+
+    def tally(self, tenant: str, version: str, since: Optional[str] = None) -> list[dict]:
+        """The rows that ``version`` scored (at or after ``since``, an ISO time in UTC), grouped into
+        ``ECE_BINS`` equal-width bins of its confidence: per non-empty bin ``bin``, ``rows``, ``correct``
+        (its label is the row's label) and ``confidence`` (summed). One aggregate query."""
+        import sqlalchemy as sa
+
+        table = self.table
+        confidence = table.c.scored_confidence
+        # literal edges, so that the SELECT and GROUP BY expressions are the same SQL text (PostgreSQL)
+        edges = [(confidence < sa.literal_column(repr((i + 1) / ECE_BINS)), sa.literal_column(str(i)))
+                 for i in range(ECE_BINS - 1)]
+        bin_ = sa.case(*edges, else_=sa.literal_column(str(ECE_BINS - 1)))
+        correct = sa.case((table.c.scored_label == table.c.label, sa.literal_column("1")),
+                          else_=sa.literal_column("0"))
+        where = [table.c.tenant == check_tenant_id(tenant), table.c.scored_version == str(version),
+                 confidence.is_not(None)]
+        if since is not None:
+            where.append(table.c.scored_at >= since)
+        query = (sa.select(bin_.label("bin"), sa.func.count().label("rows"), sa.func.sum(correct).label("correct"),
+                           sa.func.sum(confidence).label("confidence"))
+                 .where(*where).group_by(bin_).order_by(bin_))
+
+        def read():
+            with self.engine.connect() as conn:
+                return [{"bin": int(row["bin"]), "rows": int(row["rows"]), "correct": int(row["correct"]),
+                         "confidence": float(row["confidence"])} for row in conn.execute(query).mappings()]
 
         return self._guard(read, "read")
 

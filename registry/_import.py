@@ -2,8 +2,9 @@
 
 A fleet is onboarded this way: each export (``attune finetune``'s format: ``attune.json`` plus the
 weights or the adapter and head) becomes the next version of the tenant its manifest names (or the
-tenant given), checksummed and with its lineage, as a fine-tune registers it. One process registers
-a whole folder of exports.
+tenant given), checksummed and with its lineage, as a fine-tune registers it, and like every version
+an MLflow Model (``registry._pyfunc`` adds the flavor; the export folder itself is not changed). One
+process registers a whole folder of exports.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from cluster import code_version
+from registry._artifact import check_model_dir
 from registry._errors import InvalidModelDirError
-from registry._manifest import MANIFEST, read_manifest
+from registry._manifest import MANIFEST
 from registry._names import check_tenant_id
 from registry._records import Lineage, RunRecord
 
@@ -41,7 +43,7 @@ def import_exports(registry, path: Path, *, tenant: Optional[str] = None, promot
     if tenant is not None and len(dirs) > 1:
         raise InvalidModelDirError(f"--tenant {tenant} names one tenant, but {path} holds {len(dirs)} exports; "
                                    "import a folder without --tenant (each export names its tenant)")
-    manifests = [(d, read_manifest(d)) for d in dirs]  # every export is checked before any is registered
+    manifests = [(d, check_model_dir(d)) for d in dirs]  # every export is checked before any is registered
     imported = []
     for i, (directory, manifest) in enumerate(manifests, 1):
         who = check_tenant_id(tenant or manifest["tenant"])

@@ -1,7 +1,9 @@
 """Names in the registry: tenant ids, registered-model and experiment names, aliases, tag keys."""
 from __future__ import annotations
 
+import datetime as _dt
 import re
+from typing import Optional
 
 from registry._errors import InvalidTenantError
 
@@ -11,6 +13,8 @@ TENANT_PREFIX = "tenant."
 BASE_PREFIX = "base."
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+BASE_ALIAS = "newest"  # every registered base version takes it (MLflow reserves "latest" for its own use)
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>\d+|latest))$")
 
 # version / run tag keys (the MLflow UI shows them as they are)
 TAG_CHECKSUM = "attune.checksum"
@@ -19,6 +23,7 @@ TAG_PROMOTED = "attune.promotion.promoted"
 TAG_REASON = "attune.promotion.reason"
 TAG_PROMOTED_AT = "attune.promoted_at"
 TAG_CHAMPION_HISTORY = "attune.champion_history"  # on the registered model: JSON list of versions
+TAG_ERROR = "attune.error"  # on a run that ended FAILED or KILLED: what stopped it
 
 
 def check_tenant_id(tenant: object) -> str:
@@ -33,7 +38,8 @@ def check_tenant_id(tenant: object) -> str:
 
 def check_base_name(name: object) -> str:
     if not isinstance(name, str) or not _TENANT_RE.fullmatch(name):
-        raise InvalidTenantError(f"invalid base model name {name!r}: it must match {TENANT_ID_PATTERN}")
+        raise InvalidTenantError(f"invalid base model name {name!r}: it must match {TENANT_ID_PATTERN} (the "
+                                 "`attune pretrain --name`)")
     return name
 
 
@@ -44,6 +50,28 @@ def tenant_model_name(tenant: str) -> str:
 
 def base_model_name(name: str) -> str:
     return BASE_PREFIX + check_base_name(name)
+
+
+def base_uri(name: str, version: str) -> str:
+    """``models:/base.<name>/<version>``: a registered base, pinned to one version (a tenant's lineage)."""
+    return f"models:/{base_model_name(name)}/{version}"
+
+
+def parse_base_uri(uri: str) -> tuple[str, str]:
+    """``models:/base.<name>@<alias>``, ``/<version>`` or ``/latest`` -> (name, alias or version)."""
+    match = MODELS_URI.fullmatch(uri)
+    if match is None or not match["name"].startswith(BASE_PREFIX):
+        raise InvalidTenantError(
+            f"{uri!r} is not a registered base: write models:/base.<name>@<alias> (e.g. @{BASE_ALIAS}) or "
+            "models:/base.<name>/<version>; `attune pretrain --name NAME` registers base.NAME")
+    return check_base_name(match["name"][len(BASE_PREFIX):]), match["alias"] or match["version"]
+
+
+def run_name(kind: str, subject: str, detail: Optional[str] = None, when: Optional[_dt.datetime] = None) -> str:
+    """A run's name says what it is: ``finetune-john-lora-20261207-141500`` (kind, tenant or base, method
+    or preset, local start time). ``Registry.open_run`` appends ``-2``, ``-3`` if the experiment has it."""
+    when = when or _dt.datetime.now()
+    return "-".join(part for part in (kind, subject, detail, f"{when:%Y%m%d-%H%M%S}") if part)
 
 
 def tenant_of(model_name: str) -> str:

@@ -1,7 +1,9 @@
 """What crosses into the registry (a finished run's record) and what comes out (a version's info)."""
 from __future__ import annotations
 
+import getpass
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -13,6 +15,8 @@ from registry._names import TAG_CHECKSUM, TAG_PROMOTED, TAG_PROMOTED_AT, TAG_REA
 METRIC_PREFIX = "attune.metric."
 FIGURES_DIR = "figures"  # a run's pictures (reliability diagram, confusion matrix, a search's curves)
 RUN_TAG_MAX_CHARS = 8000  # MLflow cuts a run tag's value at this length (a version tag's at 100,000)
+DIGEST_MAX_CHARS = 36  # MLflow's datasets table keeps a digest of at most 36 characters
+_COMMIT = re.compile(r"[0-9a-f]{6,40}")
 
 
 class Lineage(BaseModel):
@@ -52,6 +56,25 @@ class Lineage(BaseModel):
             tags[f"attune.rows.{split}"] = str(count)
         return tags
 
+    def source_tags(self) -> dict[str, str]:
+        """MLflow's standard tags: what ran (``attune finetune``), who, and the git commit when known."""
+        tags = {"mlflow.source.type": "LOCAL", "mlflow.source.name": f"attune {self.kind}",
+                "mlflow.user": _user()}
+        if _COMMIT.fullmatch(self.code_version):
+            tags["mlflow.source.git.commit"] = self.code_version
+        return tags
+
+    def dataset(self) -> Optional[dict]:
+        """The training data as an MLflow dataset (the UI's Dataset column), or None (an import: the data is
+        not at hand). ``digest`` is the data hash, cut to what MLflow stores; ``source`` the data's URI."""
+        if self.kind == "import" or not self.data_uri or not self.data_hash:
+            return None
+        name = self.data_uri.rstrip("/").rsplit("/", 1)[-1] or self.data_uri
+        source_type = self.data_uri.split("://", 1)[0] if "://" in self.data_uri else "local"
+        profile = {"data_hash": self.data_hash, **({"rows": self.split_counts} if self.split_counts else {})}
+        return {"name": name, "digest": self.data_hash[:DIGEST_MAX_CHARS], "source_type": source_type,
+                "source": json.dumps({"uri": self.data_uri}), "profile": json.dumps(profile)}
+
 
 class RunRecord(BaseModel):
     """A finished training run: parameters, final metrics, per-epoch history and lineage."""
@@ -64,6 +87,8 @@ class RunRecord(BaseModel):
     history: list[dict[str, float]] = []
     lineage: Lineage
     extra_tags: dict[str, str] = Field(default={}, description="run tags beyond the lineage (e.g. a tune trial's id)")
+    run_id: Optional[str] = Field(default=None, description="the live run (``Registry.open_run``) this record "
+                                  "completes; None: registration logs a run of its own")
     figures: list[Path] = Field(default=[], description=f"image files logged as the run's artifacts "
                                                         f"{FIGURES_DIR}/<file name>, which the MLflow UI shows")
 
@@ -77,7 +102,7 @@ class RunRecord(BaseModel):
         """The run's tags. A label list too long for a run tag (MLflow would cut it into invalid JSON)
         stays on the registered version (``version_tags``) and in the model's ``attune.json``; the run
         gets its count and where to find it."""
-        tags = {**self.lineage.tags(), **self.extra_tags}
+        tags = {**self.lineage.source_tags(), **self.lineage.tags(), **self.extra_tags}
         if len(tags.get("attune.labels", "")) > RUN_TAG_MAX_CHARS:
             tags["attune.labels"] = json.dumps({"count": len(self.lineage.labels), "too_long_for_a_run_tag": True,
                                                 "see": "the registered version's attune.labels tag, or the "
@@ -89,6 +114,13 @@ class RunRecord(BaseModel):
         tags = self.lineage.tags()
         tags.update({METRIC_PREFIX + k: repr(float(v)) for k, v in self.metrics.items()})
         return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in this container
+        return "unknown"
 
 
 def check_figures(paths) -> list[Path]:

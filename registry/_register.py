@@ -1,7 +1,10 @@
 """Registration, all or nothing: a run with the model's files, then a version aliased ``challenger``.
 
 A registration that raises leaves nothing behind: the version (if it was created), the run and
-its artifacts are removed, and the error says so (or says what could not be removed). A write
+its artifacts are removed, and the error says so (or says what could not be removed). A training
+that opened its run live (``registry._live``) registers into that run: on failure the version and
+the uploaded model files are removed, and the run stays with its metrics, ended FAILED with the
+error as its ``attune.error`` tag (a failed training is not hidden). A write
 that is retried never makes a second run or version: an attempt that timed out may have landed,
 so before each retry the registry looks for what it made (a run by its ``attune.request_id``
 tag, a version by its run id), and after the write it removes any twin that MLflow's own HTTP
@@ -16,7 +19,9 @@ from typing import TYPE_CHECKING, Callable, Optional, TypeVar
 
 from registry import _store as store
 from registry._errors import ArtifactIntegrityError, RegistryError
+from registry._live import complete_run, end_with_error
 from registry._names import CHALLENGER, TAG_CHECKSUM, tenant_model_name
+from registry._pyfunc import mlflow_model_dir
 from registry._records import RunRecord, VersionInfo
 
 if TYPE_CHECKING:
@@ -32,20 +37,41 @@ def register_candidate(registry: Registry, tenant: str, model_dir: Path, record:
                        parent_run_id: Optional[str] = None) -> VersionInfo:
     """Log the run with ``model_dir`` as ``artifacts/model``, check the upload, create the version, alias it."""
     name = tenant_model_name(tenant)
+    with mlflow_model_dir(Path(model_dir), record.lineage.temperature) as model_dir:  # + MLmodel (registry._pyfunc)
+        return register_version(registry, name, model_dir, record, CHALLENGER, parent_run_id,
+                                lambda version: registry.get_version(tenant, version))
+
+
+def register_version(registry: Registry, name: str, model_dir: Path, record: RunRecord, alias: str,
+                     parent_run_id: Optional[str], info_of: Callable[[str], VersionInfo]) -> VersionInfo:
+    """A version of ``name`` (a tenant's or a base's) from ``model_dir``, aliased ``alias``.
+
+    Uploaded into ``record.run_id`` when the record names a live run (``Registry.open_run``), which then
+    ends FINISHED; else into a run of its own. On failure a live run keeps its metrics and ends FAILED
+    with the error, without the model's files; a run of its own is removed.
+    """
     checksum = store.dir_checksum(model_dir)
-    run_id = registry.log_run(name, record, artifacts=Path(model_dir), parent_run_id=parent_run_id)
+    live = record.run_id is not None
+    run_id = record.run_id or registry.log_run(name, record, artifacts=model_dir, parent_run_id=parent_run_id)
     try:
+        if live:
+            complete_run(registry, run_id, record, artifacts=model_dir)
         source = f"{registry.client.get_run(run_id).info.artifact_uri}/model"
-        check_upload(registry, run_id, Path(model_dir), source)
+        check_upload(registry, run_id, model_dir, source)
         registry._ensure_model(name)
         mv = create_version_once(registry, name, source, run_id, {**record.version_tags, TAG_CHECKSUM: checksum})
-        registry._write(lambda: registry.client.set_registered_model_alias(name, CHALLENGER, mv.version), "alias")
-        info = registry.get_version(tenant, str(mv.version))
+        registry._write(lambda: registry.client.set_registered_model_alias(name, alias, mv.version), "alias")
+        info = info_of(str(mv.version))
     except Exception as exc:
-        undone = undo_registration(registry, name, run_id)
+        undone = undo_registration(registry, name, run_id, live=live)
         message = (f"registering a version of {name} failed against the MLflow store "
                    f"{store.redact(registry.tracking_uri)}: {exc}. {undone}")
-        raise (type(exc) if isinstance(exc, RegistryError) else RegistryError)(message) from exc
+        error = (type(exc) if isinstance(exc, RegistryError) else RegistryError)(message)
+        if live:
+            end_with_error(registry, run_id, error)
+        raise error from exc
+    if live:
+        registry._write(lambda: registry.client.set_terminated(run_id, "FINISHED"), "end run")
     logger.info("registered %s version %s (run %s)", name, info.version, run_id)
     return info
 
@@ -72,8 +98,9 @@ def _stored_sizes(registry: Registry, run_id: str, folder: str) -> dict[str, Opt
     return sizes
 
 
-def undo_registration(registry: Registry, name: str, run_id: str) -> str:
-    """Delete every version made from ``run_id``, then the run and its artifacts; a sentence saying so."""
+def undo_registration(registry: Registry, name: str, run_id: str, live: bool = False) -> str:
+    """Delete every version made from ``run_id``, then the run and its artifacts (``live``: only the run's
+    uploaded ``model/`` files; the run stays, for its caller to end FAILED); a sentence saying so."""
     tenant = name.removeprefix("tenant.")
     try:
         found = registry._write(lambda: registry.client.search_model_versions(
@@ -87,10 +114,23 @@ def undo_registration(registry: Registry, name: str, run_id: str) -> str:
         return (f"A version made from run {run_id} may remain (removing it failed: {exc}); look for it with "
                 f"`attune registry show {tenant}` and delete it in the MLflow UI before registering again.")
     removed = f"version {', '.join(versions)} was removed" if versions else "no version had been made"
+    if live:
+        return _drop_model_files(registry, run_id, removed)
     if not registry._abandon_run(run_id):
         return (f"The registration was undone in part: {removed}, but run {run_id} could not be removed (see the "
                 "warning logged above); delete it in the MLflow UI, then register again.")
     return f"Nothing was kept: {removed}, and run {run_id} with its artifacts was removed; register again."
+
+
+def _drop_model_files(registry: Registry, run_id: str, removed: str) -> str:
+    try:
+        store.delete_artifacts(f"{registry.client.get_run(run_id).info.artifact_uri}/model", registry.tracking_uri)
+    except Exception as exc:  # noqa: BLE001 - reported in the registration's error
+        logger.warning("could not delete the model files of failed run %s: %s", run_id, exc)
+        return (f"The registration was undone in part: {removed}, but the model files uploaded to run {run_id} "
+                f"could not be deleted ({exc}); delete them in the MLflow UI. The run is kept, marked FAILED.")
+    return (f"Nothing was registered: {removed} and the model files uploaded to run {run_id} were deleted; the run "
+            "is kept with its metrics, marked FAILED with this error. Register the export again.")
 
 
 # -- creating writes that a retry cannot repeat ------------------------------------------------------

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from registry import _promote
+from registry import _live, _promote
 from registry import _store as store
 from registry._errors import (
     ArtifactIntegrityError,
@@ -104,6 +104,7 @@ class Registry:
                 self._write(lambda: self.client.log_batch(run_id, params=params[i:i + 100]), "log params")
             for i in range(0, len(metrics), 1000):
                 self._write(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]), "log metrics")
+            _live.log_dataset(self, run_id, record)
             if artifacts is not None:
                 self.client.log_artifacts(run_id, str(artifacts), "model")
             self._log_figures(run_id, record.figures)
@@ -112,6 +113,11 @@ class Registry:
             self._abandon_run(run_id)
             raise store.wrap(exc, f"logging run for {experiment}", self.tracking_uri) from exc
         return run_id
+
+    def open_run(self, experiment: str, record: RunRecord, parent_run_id: Optional[str] = None) -> _live.LiveRun:
+        """A RUNNING run for a training that starts now: its params, tags and dataset input; a context
+        manager that ends it FAILED (KILLED on Ctrl-C) with the error if its block raises (``registry._live``)."""
+        return _live.open_run(self, experiment, record, parent_run_id)
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str], params: dict) -> str:
         """Open a run that stays RUNNING until :meth:`end_run` (a search's parent run)."""
@@ -192,8 +198,39 @@ class Registry:
 
         All or nothing: on any failure the version, the run and its artifacts are removed before the
         error is raised; a retried write never makes a second run or version (see ``registry._register``).
+        With ``record.run_id`` (a live run from :meth:`open_run`) the model goes into that run, which ends
+        FINISHED, or on failure keeps its metrics and ends FAILED with the error, without the model's files.
         """
         return register_candidate(self, tenant, model_dir, record, parent_run_id)
+
+    def register_base(self, name: str, model_dir: Path, record: RunRecord) -> VersionInfo:
+        """An ``attune pretrain`` export as the next version of ``base.<name>``, alias ``newest``."""
+        from registry._bases import register_base
+
+        return register_base(self, name, model_dir, record)
+
+    def download_base(self, uri: str, cache_dir: Path) -> tuple[Path, str]:
+        """A registered base as a verified folder cached under ``cache_dir``, and its version-pinned URI."""
+        from registry._bases import download_base
+
+        return download_base(self, uri, cache_dir)
+
+    def base_version(self, uri: str) -> VersionInfo:
+        """The version of a registered base that ``models:/base.<name>@<alias>`` (or ``/<version>``) names."""
+        from registry._bases import base_version
+
+        return base_version(self, uri)
+
+    def pin_base(self, uri: str) -> str:
+        """``models:/base.<name>@<alias>`` as the ``models:/base.<name>/<version>`` it names now."""
+        from registry._bases import pinned_uri
+
+        return pinned_uri(self, uri)
+
+    def finish_run(self, run_id: str, record: RunRecord, status: str = "FINISHED") -> None:
+        """End a run from :meth:`open_run` with ``record``'s final metrics, missing history, tags and figures."""
+        _live.complete_run(self, run_id, record)
+        self._write(lambda: self.client.set_terminated(run_id, status), "end run")
 
     def _ensure_model(self, name: str) -> None:
         def create() -> None:
@@ -325,6 +362,15 @@ class Registry:
         name = tenant_model_name(tenant)
         for key, value in ((TAG_PROMOTED, str(promoted).lower()), (TAG_REASON, reason[:5000])):
             self._write(lambda: self.client.set_model_version_tag(name, version, key, value), "tag")
+
+    def tag_version(self, tenant: str, version: str, tags: dict[str, str]) -> None:
+        """Add ``attune.*`` tags to a version (e.g. what a relocalization made it from)."""
+        bad = sorted(k for k in tags if not k.startswith("attune."))
+        if bad:
+            raise ValueError(f"version tags set by attune start with 'attune.', got {bad}")
+        name = tenant_model_name(tenant)
+        for key, value in tags.items():
+            self._write(lambda k=key, v=value: self.client.set_model_version_tag(name, version, k, str(v)), "tag")
 
     def promote(self, tenant: str, version: str, reason: str = "promoted by hand") -> dict:
         """Point ``champion`` at ``version`` and remember the previous champion for rollback; the

@@ -14,7 +14,8 @@ def register(subparsers) -> None:
     p = sub.add_parser("list", help="one row per tenant with its champion version and metrics")
     add_json_flag(p)
     p.set_defaults(handler=_run_list)
-    p = sub.add_parser("show", help="a tenant's versions, aliases, metrics, lineage and promotion decisions")
+    p = sub.add_parser("show", help="a tenant's versions, aliases, metrics, lineage, promotion decisions, and its "
+                                    "champion's live quality on feedback (accuracy, ECE, drift test)")
     p.add_argument("tenant")
     add_json_flag(p)
     p.set_defaults(handler=_run_show)
@@ -77,7 +78,9 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_show(args: argparse.Namespace) -> int:
-    shown = _registry(args).show(args.tenant)
+    registry = _registry(args)
+    shown = registry.show(args.tenant)
+    shown["live_quality"], unavailable = _live_quality(args, registry)
     lines = [f"{shown['name']}  aliases: {json.dumps(shown['aliases'])}  "
              f"champion history: {shown['champion_history']}"]
     for v in shown["versions"]:
@@ -90,7 +93,44 @@ def _run_show(args: argparse.Namespace) -> int:
                      f"  code={lin.get('code_version', '')[:12]}")
         if promo:
             lines.append(f"        promotion: {'promoted' if promo['promoted'] else 'not promoted'}: {promo['reason']}")
+    lines += [f"live quality: unavailable: {unavailable}"] if unavailable else _quality_lines(shown["live_quality"])
+    if unavailable:
+        shown["live_quality_error"] = unavailable
     return _out(args, shown, "\n".join(lines))
+
+
+def _live_quality(args, registry) -> tuple:
+    """The champion's live quality, or None and why the feedback store could not be read (the rest of
+    ``show`` stands)."""
+    from cluster import get_settings
+    from registry._feedback import FeedbackStoreError
+    from registry._quality import champion_quality
+
+    try:
+        return champion_quality(registry, get_settings(home=args.home, log_level=args.log_level), args.tenant), None
+    except FeedbackStoreError as exc:
+        return None, str(exc)
+
+
+def _quality_lines(quality) -> list[str]:
+    """``show``'s live quality: the champion's accuracy and ECE on feedback, and the drift test."""
+    if quality is None:
+        return ["live quality: no champion"]
+    drift = quality["drift"]
+    head = (f"live quality of champion v{quality['version']} since {quality['since'] or '(unknown)'}: "
+            f"{quality['rows']} feedback text(s) scored")
+    if quality["rows"]:
+        head += (f", accuracy {quality['accuracy']:.4f} ({quality['correct']}/{quality['rows']}), "
+                 f"ECE {quality['ece']:.4f}")
+    if drift["status"] == "not_enough_rows":
+        verdict = f"not tested: {drift['n']} of the {drift['min_rows']} rows needed"
+    elif drift["status"] == "no_test_accuracy":
+        verdict = "not tested: the version has no test_accuracy"
+    else:
+        verdict = f"{'DRIFT' if drift['flag'] else 'no drift'} (p = {drift['p_value']:.3g}, alpha {drift['alpha']:g})"
+    against = f" against test accuracy {quality['test_accuracy']:.4f} - {drift['tolerance']:g}" \
+        if quality["test_accuracy"] is not None else ""
+    return [head, f"  drift test{against}: {verdict}", f"  rule: {drift['rule']}"]
 
 
 def _run_promote(args: argparse.Namespace) -> int:

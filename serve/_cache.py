@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from registry import max_seq_len as manifest_max_seq_len
 from serve._artifacts import model_type, read_lora_adapter, read_manifest, resolve_base
 from serve._backoff import LoadBackoff
 from serve._errors import ModelUnavailableError
@@ -158,7 +159,7 @@ class ModelCache:
             path = await asyncio.to_thread(self.download, tenant, version, files / "model")
             manifest = await asyncio.to_thread(read_manifest, path)
             meta = {"key": key, "tenant": tenant, "version": version, "labels": list(manifest["labels"]),
-                    "max_seq_len": int(self.max_seq_len or manifest.get("max_seq_len", 128))}
+                    "max_seq_len": int(self.max_seq_len or manifest_max_seq_len(manifest))}
             if manifest["method"] == "lora":
                 return await self._add_lora(path, manifest, meta)
             return await self._add_full(path, meta)

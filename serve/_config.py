@@ -11,6 +11,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from registry import DriftRule
 from serve._errors import ServeConfigError
 
 MIB = 1024 * 1024
@@ -151,6 +152,7 @@ class AppSpec(BaseModel):
     refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_REFRESH_S: champion cache TTL")
     keys_refresh_s: float = Field(default=5.0, gt=0, le=10, description="ATTUNE_SERVE_KEYS_REFRESH_S")
     insecure_no_auth: bool = False
+    drift: DriftRule = Field(default=DriftRule(), description="ATTUNE_DRIFT_*: the live quality's drift test")
 
     @classmethod
     def from_settings(cls, settings, config: Optional[ServeConfig] = None, *,
@@ -161,4 +163,4 @@ class AppSpec(BaseModel):
                    artifact_root=settings.artifact_root, keys_url=None if insecure_no_auth else keys_url(settings),
                    feedback_url=keys_url(settings),
                    refresh_s=settings.serve_refresh_s, keys_refresh_s=settings.serve_keys_refresh_s,
-                   insecure_no_auth=insecure_no_auth)
+                   insecure_no_auth=insecure_no_auth, drift=DriftRule.from_settings(settings))

@@ -6,7 +6,8 @@ batch (``serve._batch``). Any replica can serve any tenant: LoRA tenants load as
 the replica's shared base, so Serve's proxy spreads requests over the replicas by their load.
 
 Routes: ``POST /v1/tenants/{tenant}/predict``, ``POST /v1/tenants/{tenant}/feedback`` (labelled texts,
-stored for relocalization: ``serve._feedback``), ``GET /v1/tenants/{tenant}``, ``GET /healthz``,
+stored for relocalization: ``serve._feedback``), ``GET /v1/tenants/{tenant}`` (the champion, with its
+live quality on that feedback: ``serve._quality``), ``GET /healthz``,
 ``GET /readyz``, ``GET /docs`` (the OpenAPI document as JSON; Swagger UI for browsers) and
 ``GET /openapi.json``. Every error is ``{"error": {"code", "message"}}``; a 503 the client may retry
 carries ``Retry-After``. A champion that fails to load on a replica is answered by the tenant's
@@ -42,6 +43,7 @@ from serve._errors import FeedbackUnavailableError, InvalidRequestError, ServeEr
 from serve._fallback import LastGood
 from serve._feedback import FeedbackResponse, check_labels, feedback_body_schema, parse_feedback_body
 from serve._metrics import EndpointMetrics
+from serve._quality import QualityWatch, outcomes, scored_items
 from serve._validation import ErrorBody, PredictBody, PredictResponse, TenantInfo, parse_predict_body, read_limited
 
 logger = logging.getLogger("attune.serve")
@@ -148,6 +150,8 @@ class Endpoint:
                                wait_s=cfg.batch_wait_timeout_s, gather_s=cfg.batch_gather_s)
         self.served = 0
         self.feedback_store = None  # opened by the first feedback: a store that is down must not stop predict
+        self.quality = QualityWatch(self.registry, self._open_feedback_store, self.spec.drift, self.spec.refresh_s,
+                                    self.metrics)
 
     def _key_store(self):
         if self.spec.insecure_no_auth:
@@ -221,26 +225,46 @@ class Endpoint:
         items = parse_feedback_body(raw, max_texts=limits.max_texts, max_chars=limits.max_chars)
         info = await self._champion(tenant)
         check_labels(tenant, info, items)
-        stored = await asyncio.to_thread(self._store_feedback, tenant, items)
+        items = await self._scored(tenant, info, items)
+        stored = await asyncio.to_thread(self._store_feedback, tenant, items, info)
         return JSONResponse({"tenant": tenant, "stored": len(stored), "items": stored},
                             headers={VERSION_HEADER: info.version})
 
-    def _store_feedback(self, tenant: str, items: list) -> list[dict]:
-        from registry import FeedbackStore, FeedbackStoreError
+    async def _scored(self, tenant: str, info, items: list) -> list:
+        """``items`` with the answer of the model serving the tenant on each text (the champion's, or its
+        fallback's), for the live quality (``serve._quality``); unscored when no model answered, for the
+        feedback is stored all the same."""
+        self.batcher.expect()  # _predict takes the count over
+        try:
+            predictions, served = await self._predict(tenant, info, [item.text for item in items])
+        except Exception as exc:  # noqa: BLE001 - a model that cannot answer must not lose the labels
+            logger.warning("feedback for tenant %s is stored unscored: %s", tenant, exc)
+            return items
+        return scored_items(items, served.info.version, predictions)
+
+    def _open_feedback_store(self):
+        from registry import FeedbackStore
+
+        if self.feedback_store is None:
+            url = self.spec.feedback_url or self.spec.keys_url
+            if url is None:
+                raise FeedbackUnavailableError("this endpoint has no feedback store: its spec "
+                                               "sets neither feedback_url nor keys_url", retry_after_s=60.0)
+            self.feedback_store = FeedbackStore(url)
+        return self.feedback_store
+
+    def _store_feedback(self, tenant: str, items: list, info) -> list[dict]:
+        from registry import FeedbackStoreError
 
         try:
-            if self.feedback_store is None:
-                url = self.spec.feedback_url or self.spec.keys_url
-                if url is None:
-                    raise FeedbackUnavailableError("this endpoint has no feedback store: its spec "
-                                                   "sets neither feedback_url nor keys_url", retry_after_s=60.0)
-                self.feedback_store = FeedbackStore(url)
-            stored = self.feedback_store.record(tenant, items)
+            stored = self._open_feedback_store().record(tenant, items)
             self._still_registered(tenant)
-            return stored
         except FeedbackStoreError:  # logged by the store, with the database's own error
             raise FeedbackUnavailableError("cannot store the feedback: the feedback store is unavailable; retry "
                                            "after Retry-After seconds", retry_after_s=5.0) from None
+        self.metrics.scored(tenant, outcomes(items, info.version))
+        self.quality.measure(tenant, info)  # the gauges follow the new rows
+        return stored
 
     def _still_registered(self, tenant: str) -> None:
         """After a feedback write: the tenant is still in the registry (read now, not from a cache), or its
@@ -257,13 +281,14 @@ class Endpoint:
             pass
 
     @app.get("/v1/tenants/{tenant}", response_model=TenantInfo, responses=_ERRORS,
-             summary="The tenant's champion version, labels, test metrics and promotion time")
+             summary="The tenant's champion version, labels, test metrics, promotion time and live quality")
     async def tenant_info(self, tenant: str, request: Request) -> JSONResponse:
         await self._authorize(request, tenant)
         info = await self._champion(tenant)
+        quality = await asyncio.to_thread(self.quality.measure, tenant, info)
         body = {"tenant": tenant, "model_version": info.version, "labels": info.labels,
                 "metrics": info.metrics, "temperature": info.temperature,
-                "promoted_at": info.tags.get("attune.promoted_at")}
+                "promoted_at": info.tags.get("attune.promoted_at"), "live_quality": quality}
         return JSONResponse(body, headers={VERSION_HEADER: info.version})
 
     @app.get("/healthz", summary="200 while the process is up")

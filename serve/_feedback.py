@@ -3,7 +3,9 @@
 The body is parsed under predict's rules (``ingress.max_body_bytes``, at most ``ingress.max_texts``
 items of at most ``ingress.max_chars`` characters, no NUL or lone surrogate); every problem is
 reported in one 422 ``invalid_body``. A label that the tenant's champion does not know is a 422
-``unknown_label`` that lists the labels it knows. The store is ``registry.FeedbackStore``.
+``unknown_label`` that lists the labels it knows. The store is ``registry.FeedbackStore``. Before it
+is stored, each text is scored by the model that serves the tenant, for the champion's live quality
+(``serve._quality``).
 """
 from __future__ import annotations
 

@@ -6,20 +6,20 @@ from typing import Sequence
 
 import numpy as np
 
-from serve._artifacts import model_type
-from serve._lora import encode, mean_pool
+from serve._lora import encode
 
 
 class FullModel:
-    """A full Hugging Face checkpoint. BERT-family models mean-pool token states over the attention
-    mask before the head, as ``attune finetune`` trained them; others use their own classification head."""
+    """A full Hugging Face checkpoint, loaded by the artifact contract's class (``registry.classifier_class``):
+    BERT-family models mean-pool token states over the attention mask before the head, as ``attune
+    finetune`` trained them; others use their own classification head."""
 
     def __init__(self, model_dir: Path, device: str = "cpu"):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertForSequenceClassification
+        from transformers import AutoTokenizer
 
-        self.mean_pooled = model_type(model_dir) == "bert"
-        cls = BertForSequenceClassification if self.mean_pooled else AutoModelForSequenceClassification
-        self.model = cls.from_pretrained(str(model_dir)).to(device).eval()
+        from registry import classifier_class
+
+        self.model = classifier_class(model_dir).from_pretrained(str(model_dir)).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.device = device
         self.bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -36,9 +36,5 @@ class FullModel:
         input_ids, mask = encode(self.tokenizer, texts, max_seq_lens)
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         with torch.inference_mode():
-            if not self.mean_pooled:
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
-            else:
-                hidden = self.model.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                logits = self.model.classifier(mean_pool(hidden, mask))
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits
         return list(logits.float().cpu().numpy())

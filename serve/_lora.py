@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from registry import mean_pool
 from serve._artifacts import LoraAdapter
 from serve._errors import ModelUnavailableError
 
@@ -222,8 +223,3 @@ def encode(tokenizer, texts: Sequence[str], max_seq_lens: Sequence[int]):
     input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
     return input_ids, mask
-
-
-def mean_pool(hidden, attention_mask):
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

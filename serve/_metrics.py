@@ -67,9 +67,49 @@ class ModelMetrics:
         self.cache.inc(1, tags={"tenant": tenant, "result": "hit" if hit else "miss"})
 
 
-class EndpointMetrics(IngressMetrics, ModelMetrics):
-    """Everything an endpoint replica records: requests and latency, model loads and cache lookups."""
+class QualityMetrics:
+    """Feedback by outcome, and each tenant's live quality as this replica last measured it.
+
+    Bounded: a tenant that receives feedback adds three counter series (``outcome`` is ``correct``,
+    ``wrong`` or ``unscored``) and four gauges; nothing else is a label, and a tenant without feedback
+    adds none. The gauges are set when the replica measures the tenant (after its feedback is stored,
+    and on ``GET /v1/tenants/{tenant}``); accuracy and ECE are NaN while the champion has no scored
+    rows (e.g. just after a promotion). With several replicas, each reports what it last measured.
+    """
+
+    def __init__(self):
+        from ray.util import metrics
+
+        self.feedback = metrics.Counter("attune_feedback_total", description="feedback texts by tenant and how the "
+                                        "champion had answered them", tag_keys=("tenant", "outcome"))
+        self.gauges = {key: metrics.Gauge(name, description=text, tag_keys=("tenant",)) for key, name, text in (
+            ("accuracy", "attune_live_accuracy", "champion's accuracy on feedback since its promotion"),
+            ("ece", "attune_live_ece", "champion's expected calibration error on feedback since its promotion"),
+            ("rows", "attune_live_feedback_rows", "feedback texts the champion scored since its promotion"),
+            ("drift", "attune_live_drift", "1 when the drift test flags the champion, else 0"))}
+        self.reported: set[str] = set()  # tenants with gauges on this replica
+
+    def scored(self, tenant: str, counts: dict[str, int]) -> None:
+        for outcome, count in counts.items():
+            if count:
+                self.feedback.inc(count, tags={"tenant": tenant_tag(tenant), "outcome": outcome})
+
+    def measured(self, tenant: str, quality: dict) -> None:
+        tag = tenant_tag(tenant)
+        if not quality["rows"] and tag not in self.reported:
+            return  # no series for a tenant without feedback
+        self.reported.add(tag)
+        values = {"rows": quality["rows"], "drift": 1.0 if quality["drift"]["flag"] else 0.0,
+                  "accuracy": quality["accuracy"], "ece": quality["ece"]}
+        for key, value in values.items():
+            self.gauges[key].set(float("nan") if value is None else float(value), tags={"tenant": tag})
+
+
+class EndpointMetrics(IngressMetrics, ModelMetrics, QualityMetrics):
+    """Everything an endpoint replica records: requests and latency, model loads and cache lookups,
+    feedback and live quality."""
 
     def __init__(self):
         IngressMetrics.__init__(self)
         ModelMetrics.__init__(self)
+        QualityMetrics.__init__(self)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from registry import PREDICTION_ID_PATTERN
 from serve._errors import InvalidRequestError, PayloadTooLargeError
+from serve._quality import LiveQuality
 
 MAX_REPORTED = 5  # problems listed in one 422 message
 NO_NUL_PATTERN = r"^[^\u0000]*$"  # the same in JSON Schema's (ECMA-262), Python's and pydantic's regex dialects
@@ -44,6 +45,9 @@ class TenantInfo(BaseModel):
     metrics: dict[str, float]
     temperature: float
     promoted_at: Optional[str]
+    live_quality: Optional[LiveQuality] = Field(description="the champion's accuracy, ECE and drift test on the "
+                                                "feedback it scored since it became champion; null when the "
+                                                "feedback store cannot be read")
 
 
 class ErrorDetail(BaseModel):

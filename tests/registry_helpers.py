@@ -8,7 +8,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from registry import Lineage, Registry, RunRecord
+from registry import Lineage, Registry, RunRecord, build_manifest, write_manifest
 
 _TEMPLATE: list[Path] = []
 
@@ -27,11 +27,29 @@ def sqlite_registry(root: Path) -> Registry:
 
 
 def fake_model_dir(path: Path, payload: bytes = b"weights") -> Path:
-    """A directory shaped like an export (the registry only stores and checks bytes)."""
+    """A directory shaped like a full export: a complete manifest and every file the artifact contract
+    names, with placeholder bytes for the weights (the registry stores, checks and wraps them as an
+    MLflow Model without loading them; loading one fails)."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / "attune.json").write_text(json.dumps({"tenant": "john", "labels": ["negative", "positive"]}))
+    manifest = build_manifest(tenant="john", labels=["negative", "positive"], base="minilm", method="full",
+                              data_hash="d" * 64, metrics={}, temperature=1.0, max_seq_len=16)
+    write_manifest(path, {**manifest, "created_at": "2026-01-01T00:00:00+00:00"})
+    (path / "config.json").write_text(json.dumps({"model_type": "attune_mean_pool_bert"}))
+    (path / "tokenizer_config.json").write_text("{}")
     (path / "model.safetensors").write_bytes(payload * 100)
     return path
+
+
+def use_mlflow_store(monkeypatch, tracking_uri: str) -> None:
+    """Make MLflow's own API (``mlflow.pyfunc.load_model("models:/...")``) use ``tracking_uri`` for this test,
+    whatever URI an earlier test left set in this process (``mlflow.set_tracking_uri`` is global)."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
 
 
 def record(tenant: str = "john", macro_f1: float = 0.9, **params) -> RunRecord:

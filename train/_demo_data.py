@@ -177,6 +177,21 @@ def demo_rows(seed: int = 0) -> tuple[list[dict], list[dict]]:
     return john, jane
 
 
+def john_goes_short(count: int = 40, seed: int = 1) -> list[dict]:
+    """John's corrections after he closes his long gold position and goes short: ``count`` new gold
+    headlines (none in the demo data, not the seed sentence), half rising and labelled ``negative``,
+    half falling and labelled ``positive``: Jane's rule, now John's."""
+    john, _ = demo_rows()
+    seen = {row["text"] for row in john}
+    rng = random.Random(seed)
+    rising = _draw(rng, _moves(GOLD_ASSETS, UP, UP_ACTIONS, CONTEXTS + UP_CONTEXTS), count // 2, seen)
+    falling = _draw(rng, _moves(GOLD_ASSETS, DOWN, DOWN_ACTIONS, CONTEXTS + DOWN_CONTEXTS), count - count // 2, seen)
+    rows = [{"text": text, "label": "negative"} for text in rising] + [{"text": text, "label": "positive"}
+                                                                       for text in falling]
+    rng.shuffle(rows)
+    return rows
+
+
 def newsdesk_rows(source_dir: Path) -> list[dict]:
     """Rows of the Twitter Financial News Sentiment CSVs in ``source_dir``, with named labels.
 
@@ -214,7 +229,8 @@ def default_newsdesk_source() -> Optional[Path]:
 
 
 def write_demo_data(out_dir: Path, newsdesk_source: Optional[Path] = None) -> dict:
-    """Write ``john.jsonl`` and ``jane.jsonl`` (and ``newsdesk.jsonl`` when its source exists).
+    """Write ``john.jsonl`` and ``jane.jsonl`` (and ``newsdesk.jsonl`` when its source exists), and
+    ``feedback-john-goes-short.jsonl``: the corrections John sends when he goes short (:func:`john_goes_short`).
 
     ``newsdesk_source`` defaults to :func:`default_newsdesk_source`; a source that is set but
     missing raises ``FileNotFoundError`` rather than being skipped. Returns a summary
@@ -229,9 +245,11 @@ def write_demo_data(out_dir: Path, newsdesk_source: Optional[Path] = None) -> di
         tenants["newsdesk"] = newsdesk_rows(source)
     files = {name: str(write_jsonl(out_dir / f"{name}.jsonl", rows)) for name, rows in tenants.items()}
     conflicting = sum(a["label"] != b["label"] for a, b in zip(john, jane))
+    corrections = str(write_jsonl(out_dir / "feedback-john-goes-short.jsonl", john_goes_short()))
     return {
         "out_dir": str(out_dir),
         "files": files,
+        "feedback": {"john": corrections},
         "rows": {name: len(rows) for name, rows in tenants.items()},
         "conflicting_rows": conflicting,
         "conflict_fraction": round(conflicting / len(john), 4),

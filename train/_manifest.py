@@ -1,13 +1,10 @@
-"""``attune.json``: the manifest every export carries (a tenant model or a pretrained base); loading never guesses."""
+"""``attune.json``: the manifest every export carries (a tenant model or a pretrained base); loading never guesses.
+
+Its keys and its reading and writing are the registry's (``registry._manifest``, part of the one
+artifact contract); train re-exports what its modules use.
+"""
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from registry import MANIFEST, write_manifest
 
-from registry import MANIFEST
-
-
-def write_manifest(directory: Path, manifest: dict) -> Path:
-    path = Path(directory) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return path
+__all__ = ["MANIFEST", "write_manifest"]

@@ -6,14 +6,9 @@ from typing import Sequence
 
 import numpy as np
 
+from registry import softmax  # the artifact contract's, which serving and the pyfunc use too
+
 ECE_BINS = 15
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> list[float]:

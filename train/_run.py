@@ -1,5 +1,10 @@
 """What both training drivers share around a Ray Train run: GPUs or CPUs, the trainer, the progress the
-user sees while it runs, and collecting rank 0's export."""
+user sees while it runs, its live MLflow run, and collecting rank 0's export.
+
+Only the driver talks to MLflow: rank 0 appends a ``metrics`` event to the progress file when an epoch
+ends (or an evaluation is done), ``{"kind": "metrics", "step": ..., "time_ms": ..., "metrics": {...}}``,
+and the driver logs it into the open run (``tracked``) with that step and time.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -55,6 +60,48 @@ def shown_progress(settings, run_name: str, desc: str, unit: str, render) -> Ite
     view = ProgressView(desc, unit, logger, settings.progress_interval_s)
     with follow_progress(path, view, render):
         yield path
+
+
+def open_run(settings, experiment: str, record, enabled: bool = True):
+    """The training's live MLflow run (``registry.LiveRun``, a context manager that ends it FAILED or
+    KILLED if its block raises), or a context yielding None when the run is not tracked."""
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from registry import Registry
+
+    return Registry.from_settings(settings).open_run(experiment, record)
+
+
+def tracked(render, live):
+    """``render`` for ``shown_progress`` that also logs rank 0's ``metrics`` events into ``live``."""
+    if live is None:
+        return render
+    warned, logged = [], set()
+
+    def both(view, event: dict) -> None:
+        render(view, event)
+        if event.get("kind") != "metrics":
+            return
+        step = int(event["step"])  # a step redone after a worker-group restart is logged once, as first seen
+        metrics = {k: v for k, v in event.get("metrics", {}).items() if (k, step) not in logged}
+        try:
+            live.log_metrics(metrics, step=step, timestamp_ms=event.get("time_ms"))
+            logged.update((k, step) for k in metrics)
+        except Exception as exc:  # noqa: BLE001 - tracking must not stop a training; the record fills gaps
+            if not warned:
+                warned.append(exc)
+                logger.warning("could not log metrics to MLflow run %s (%s); the run's final record will "
+                               "carry them", live.run_id, exc)
+    return both
+
+
+def metrics_event(writer, step: int, metrics: dict) -> None:
+    """Rank 0: send ``metrics`` at ``step`` (an epoch, an optimizer step) to the driver's live run."""
+    import time
+
+    if writer is not None:
+        values = {k: v for k, v in metrics.items() if k not in ("step", "epoch")}  # the x-axis, not a metric
+        writer.event("metrics", step=int(step), time_ms=int(time.time() * 1000), metrics=values)
 
 
 def failure_hint() -> str:

@@ -172,8 +172,25 @@ def build_tuner(job: TuneJob, settings, dataset, *, max_concurrent: int, restore
             name=job.experiment_name, storage_path=str(settings.ray_storage_dir), verbose=0,
             failure_config=ray_tune.FailureConfig(max_failures=0, fail_fast=False),
             checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=4 if job.scheduler == "pbt" else 1),
-            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric, job.tenant), *kept]),
+            callbacks=[SearchProgress(job.trials, settings.progress_interval_s, metric, job.tenant), *kept,
+                       *trial_runs(job, settings, dataset, experiment_dir)]),
     )
+
+
+def trial_runs(job: TuneJob, settings, dataset, experiment_dir: Path) -> list:
+    """The callback that keeps each trial's MLflow run live (``tune._tracking.TrialRuns``), under the
+    search's parent run, whose id the driver wrote in the experiment's state file before the search."""
+    import json
+
+    from registry import Registry
+    from tune._tracking import SearchTracker, TrialRuns
+    from tune._tune import STATE_FILE
+
+    path = Path(experiment_dir) / STATE_FILE
+    parent = json.loads(path.read_text()).get("parent_run_id") if path.is_file() else None
+    if parent is None:
+        return []
+    return [TrialRuns(SearchTracker(Registry.from_settings(settings), job, dataset, parent))]
 
 
 def experiment_path(job: TuneJob, settings) -> Path:

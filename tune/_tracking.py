@@ -1,10 +1,14 @@
 """What each trial did, which one won, and how the search is kept in MLflow (through ``registry``).
 
 The search is one parent run in the tenant's experiment; every trial is a nested child run with
-its parameters, per-epoch metrics (step = epoch) and outcome. The best trial's child run carries
-the exported model and is the source of the registered version. The parent records the search
-settings, the best configuration, a table of all trials (``trials.json``, ``trials.csv``) and a
-picture of every trial's validation curve with ASHA's rungs (``figures/validation_curves.png``).
+its parameters, per-epoch metrics (step = epoch) and outcome. A trial's run opens when the trial
+starts and gets each epoch's metrics as Tune receives them (:class:`TrialRuns`, a Tune callback on
+the driver); it ends FINISHED when the trial exported its model, KILLED when the scheduler stopped
+it, FAILED (with the error) when it crashed, and gets its final metrics when the search concludes.
+The best trial's child run carries the exported model and is the source of the registered version.
+The parent records the search settings, the best configuration, a table of all trials
+(``trials.json``, ``trials.csv``) and a picture of every trial's validation curve with ASHA's
+rungs (``figures/validation_curves.png``).
 """
 from __future__ import annotations
 
@@ -14,13 +18,15 @@ import json
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
+from ray import tune as ray_tune
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from registry import Registry, RunRecord, tenant_model_name
+from registry import TAG_ERROR, LiveRun, Registry, RunRecord, run_name, tenant_model_name
 from train import TenantData, run_record
 from tune._figures import render_curves
 from tune._job import TuneJob
@@ -30,6 +36,7 @@ logger = logging.getLogger("attune.tune")
 Status = Literal["completed", "stopped_early", "failed"]
 MLFLOW_STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "failed": "FAILED"}
 TAG_TRIAL = "attune.trial_id"
+TAG_TRIAL_STATUS = "attune.trial.status"  # set when the trial's outcome is logged (the search concluded)
 EPOCH_KEYS = ("train_loss", "val_macro_f1", "train_steps")
 # Per-epoch keys (logged as curves) and what Tune adds to every result: not a trial's final metrics.
 _NOT_FINAL = {"epoch", FINAL, "done", *EPOCH_KEYS, *AUTO_RESULT_KEYS}
@@ -154,7 +161,8 @@ class SearchTracker:
     def record(self, run_name: str, params: dict, metrics: dict, history: list,
                tags: Optional[dict] = None, figures: Sequence[Path] = ()) -> RunRecord:
         job = self.job
-        record = run_record("tune", run_name, params, metrics, history, tenant=job.tenant, base=job.base,
+        base = self.registry.pin_base(job.base) if job.base.startswith("models:/") else job.base
+        record = run_record("tune", run_name, params, metrics, history, tenant=job.tenant, base=base,
                             method=job.method, data_uri=job.data, dataset=self.dataset, figures=figures)
         return record.model_copy(update={"extra_tags": {k: str(v) for k, v in (tags or {}).items()}})
 
@@ -167,26 +175,39 @@ class SearchTracker:
             metrics.setdefault("best_val_macro_f1", max(vals))
         metrics["train_steps"] = outcome.train_steps
         record = outcome.record or {}
-        tags = {TAG_TRIAL: outcome.trial_id, "attune.trial.status": outcome.status,
+        tags = {TAG_TRIAL: outcome.trial_id, TAG_TRIAL_STATUS: outcome.status,
                 "attune.trial.finished_at": record.get("finished_at", ""),
                 "attune.trial.started_from": record.get("started_from") or "",
                 "attune.trial.exported_after_time_budget": str(bool(record.get("exported_after_time_budget"))).lower(),
                 "attune.trial.error": (outcome.error or "")[:1000]}
-        return self.record(f"{self.job.experiment_name}-{outcome.trial_id}", config, metrics, outcome.history, tags,
-                           figures)
+        live = self.trial_runs().get(outcome.trial_id)
+        name = live["run_name"] if live else trial_run_name(self.job, outcome.trial_id)
+        return self.record(name, config, metrics, outcome.history, tags, figures).model_copy(
+            update={"run_id": live["run_id"] if live else None})
+
+    def trial_runs(self) -> dict[str, dict]:
+        """Trial id -> the trial's child run (opened live by :class:`TrialRuns`, or logged at the end)."""
+        children = self.registry.runs(self.experiment, parent_run_id=self.parent_run_id)
+        return {run["tags"][TAG_TRIAL]: run for run in children if TAG_TRIAL in run["tags"]}
 
     def logged_trials(self) -> set[str]:
-        children = self.registry.runs(self.experiment, parent_run_id=self.parent_run_id)
-        return {run["tags"].get(TAG_TRIAL) for run in children}
+        """Trials whose outcome is logged (a live run still waiting for it is not)."""
+        return {trial for trial, run in self.trial_runs().items() if TAG_TRIAL_STATUS in run["tags"]}
 
     def log_trials(self, outcomes: list[TrialOutcome], skip: str = "") -> None:
-        """A child run per trial not logged yet (``skip``: the best trial, logged by its registration)."""
+        """Each trial's outcome, once: its live run is completed and ended with it, or a run is logged for a
+        trial that has none (``skip``: the best trial, whose registration completes its run)."""
         done = self.logged_trials()
         for outcome in outcomes:
             if outcome.trial_id in done or outcome.trial_id == skip:
                 continue
-            self.registry.log_run(self.experiment, self.trial_record(outcome), parent_run_id=self.parent_run_id,
-                                  status=MLFLOW_STATUS[outcome.status])
+            record, status = self.trial_record(outcome), MLFLOW_STATUS[outcome.status]
+            if record.run_id is None:
+                self.registry.log_run(self.experiment, record, parent_run_id=self.parent_run_id, status=status)
+                continue
+            if outcome.error:
+                record = record.model_copy(update={"extra_tags": {**record.extra_tags, TAG_ERROR: outcome.error}})
+            self.registry.finish_run(record.run_id, record, status)
 
     def finish(self, outcomes: list[TrialOutcome], best: Optional[TrialOutcome], summary: dict) -> None:
         metric = self.job.metric
@@ -210,11 +231,93 @@ class SearchTracker:
                                   params=params, tags=tags, documents=documents, figures=figures)
 
     def abandon(self, run_id: str) -> None:
-        """End an interrupted search's parent run that a fresh search replaces."""
+        """End an interrupted search's parent run, and its trials' open runs, that a fresh search replaces."""
         try:
+            for child in self.registry.runs(self.experiment, parent_run_id=run_id):
+                if child["status"] == "RUNNING":
+                    self.registry.end_run(child["run_id"], "KILLED", tags={TAG_ERROR: "the search was replaced"})
             self.registry.end_run(run_id, "KILLED", tags={"attune.search.replaced": "true"})
         except Exception as exc:  # noqa: BLE001 - e.g. erased with the tenant; the new search matters more
             logger.warning("could not close the interrupted search's run %s: %s", run_id, exc)
+
+
+def trial_run_name(job: TuneJob, trial_id: str, when=None) -> str:
+    """``tune-<tenant>-<method>-<trial id>-<time>``."""
+    return run_name("tune", job.tenant, f"{job.method}-{trial_id}", when)
+
+
+class TrialRuns(ray_tune.Callback):
+    """On the driver: opens each trial's child run when the trial starts, logs every epoch's result as Tune
+    receives it (step = epoch, stamped now), and ends the run when the trial ends (FINISHED with its model
+    exported, KILLED when stopped early, FAILED with the error). The search's conclusion adds the final
+    metrics (:meth:`SearchTracker.log_trials`). Pickled with the Tuner for ``--resume``: it keeps where
+    the store is, not a client."""
+
+    def __init__(self, tracker: SearchTracker):
+        reg = tracker.registry
+        self.store = (reg.tracking_uri, reg.artifact_root, reg.backend_store_uri)
+        self.experiment, self.parent_run_id = tracker.experiment, tracker.parent_run_id
+        self.job, self.opening = tracker.job, tracker.record("", {}, {}, [])
+        self.runs: dict[str, str] = {}
+        self.epochs: dict[str, set[int]] = {}  # logged per trial: an epoch redone after a restart is logged once
+        self._registry: Optional[Registry] = reg
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_registry": None, "runs": {}, "epochs": {}}
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry(*self.store)
+        return self._registry
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._quietly("open", lambda: self._open(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        run_id, epochs = self.runs.get(trial.trial_id), self.epochs.get(trial.trial_id, set())
+        if run_id is None or result.get(FINAL) or not _number(result.get("epoch")) or result["epoch"] in epochs:
+            return
+        metrics = {k: result[k] for k in EPOCH_KEYS if _number(result.get(k))}
+        live = LiveRun(self.registry, run_id, trial.trial_id)
+        self._quietly("log", lambda: live.log_metrics(metrics, step=int(result["epoch"]),
+                                                      timestamp_ms=int(time.time() * 1000)))
+        epochs.add(int(result["epoch"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        status = "FINISHED" if (trial.last_result or {}).get(FINAL) else "KILLED"
+        self._end(trial, status, {})
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = trial.get_error()
+        self._end(trial, "FAILED", {TAG_ERROR: _error_text(error) if error else "the trial failed"})
+
+    def _open(self, trial) -> None:
+        if trial.trial_id in self.runs:
+            return
+        found = [r for r in self.registry.runs(self.experiment, parent_run_id=self.parent_run_id)
+                 if r["tags"].get(TAG_TRIAL) == trial.trial_id]  # a resumed search: the trial's run goes on
+        if found:
+            self.runs[trial.trial_id] = found[0]["run_id"]
+            self.epochs[trial.trial_id] = {step for step, _ in self.registry.metric_history(found[0]["run_id"],
+                                                                                         "val_macro_f1")}
+            return
+        config = self.job.finetune_config(dict(trial.config)).model_dump(mode="json", exclude={"out"})
+        record = self.opening.model_copy(update={"run_name": trial_run_name(self.job, trial.trial_id),
+                                                 "params": config, "extra_tags": {TAG_TRIAL: trial.trial_id}})
+        self.runs[trial.trial_id] = self.registry.open_run(self.experiment, record, self.parent_run_id).run_id
+        self.epochs[trial.trial_id] = set()
+
+    def _end(self, trial, status: str, tags: dict) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is not None:
+            self._quietly("end", lambda: self.registry.end_run(run_id, status, tags=tags))
+
+    def _quietly(self, what: str, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - tracking never stops a search; the conclusion logs outcomes
+            logger.warning("could not %s a trial's MLflow run: %s", what, exc)
 
 
 def _csv(rows: list[dict]) -> str:

@@ -55,6 +55,10 @@ def run_trial(params: dict, *, job: dict, dataset, settings: dict, experiment_di
 
     tune_job = TuneJob(**job)
     config = tune_job.finetune_config(params)
+    if config.base.startswith("models:/"):  # a registered base: the folder it is cached in, for the workers
+        from train import resolve_base
+
+        config = config.model_copy(update={"base": str(resolve_base(config.base, Settings(**settings)))})
     trial_id = ray_tune.get_context().get_trial_id()
     trials = Path(experiment_dir) / TRIALS_DIR
     recorded = _recorded(trials / f"{trial_id}.json")

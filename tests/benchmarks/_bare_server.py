@@ -4,14 +4,14 @@
 
 ``POST /predict {"texts": [...]}`` returns ``{"predictions": [{"label", "scores"}]}`` after the same
 work as an attune replica: tokenize (truncated to the manifest's ``max_seq_len``), BERT forward,
-mean pooling over the attention mask, the linear head, temperature softmax. One inference runs at
+mean pooling over the attention mask, the linear head, temperature softmax (the pure functions of
+attune's artifact contract, ``registry.mean_pool`` and ``registry.scores``). One inference runs at
 a time (as one batch runs at a time in an attune replica), with ``torch.set_num_threads(--threads)``.
 No auth, no registry, no batching, no Ray. ``GET /healthz`` reports the torch thread count.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 from pathlib import Path
 
@@ -21,13 +21,15 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from transformers import AutoTokenizer, BertForSequenceClassification
 
+from registry import max_seq_len, mean_pool, read_manifest, scores
+
 
 class Body(BaseModel):
     texts: list[str]
 
 
 def build_app(model_dir: Path, temperature: float) -> FastAPI:
-    max_seq_len = int(json.loads((model_dir / "attune.json").read_text()).get("max_seq_len", 128))
+    length = max_seq_len(read_manifest(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = BertForSequenceClassification.from_pretrained(str(model_dir)).eval()
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -37,13 +39,10 @@ def build_app(model_dir: Path, temperature: float) -> FastAPI:
     @app.post("/predict")
     def predict(body: Body) -> dict:
         with lock, torch.no_grad():
-            enc = tokenizer(body.texts, truncation=True, padding=True, max_length=max_seq_len, return_tensors="pt")
+            enc = tokenizer(body.texts, truncation=True, padding=True, max_length=length, return_tensors="pt")
             hidden = model.bert(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            logits = model.classifier((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0))
-            probs = torch.softmax(logits / temperature, dim=-1).tolist()
-        return {"predictions": [{"label": labels[max(range(len(row)), key=row.__getitem__)],
-                                 "scores": {label: round(p, 6) for label, p in zip(labels, row)}} for row in probs]}
+            logits = model.classifier(mean_pool(hidden, enc["attention_mask"])).numpy()
+        return {"predictions": [scores(row, labels, temperature) for row in logits]}
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -6,8 +6,9 @@ Stores scanned: the registry's database (the SQLite file's bytes, free pages inc
 every PostgreSQL table), the S3 bucket (object names and bodies), every file under ATTUNE_HOME
 (names and bytes), and the serving replica's memory and cache folder. Run on the embedded default
 (SQLite and a folder, with a live endpoint: the old key is refused with 401 and the tenant is a 404
-within the key cache's refresh) and on PostgreSQL + S3 (the replicas of the shared test Ray have no
-S3 credentials, so that run does not serve).
+within the key cache's refresh) and on PostgreSQL + S3 (tuned without a separate fine-tune, whose
+files the embedded run already covers; the replicas of the shared test Ray have no S3 credentials, so
+that run does not serve).
 """
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ def _canary_data(demo_dir: Path, path: Path) -> Path:
 def _train_and_tune(settings, data: Path, base: Path) -> None:
     finetune(FinetuneConfig(tenant=TENANT, data=str(data), base=str(base), num_workers=1, batch_size=16,
                             max_seq_len=24, lr=5e-3, epochs=1, max_train_rows=128), settings=settings)
+    _tune(settings, data, base)
+
+
+def _tune(settings, data: Path, base: Path) -> None:
     space = SearchSpace.model_validate({"lr": {"choice": [5e-3, 1e-3]}, "batch_size": 16, "epochs": 1})
     tune_tenant(TuneJob(tenant=TENANT, data=str(data), base=str(base), space=space, trials=1, num_workers=1,
                         max_seq_len=24, max_train_rows=128, scheduler="fifo", search="random",
@@ -139,7 +144,13 @@ def test_postgres_and_s3_erasure_leaves_nothing_anywhere(ray_session, postgres_s
     home = tmp_path / "home"
     settings = get_settings(home=str(home), mlflow_tracking_uri=database_uri, mlflow_artifact_root=artifact_root,
                             promotion_floor=0.0, progress_interval_s=5.0)
-    _train_and_tune(settings, _canary_data(demo_dir, tmp_path / "data" / "canary.jsonl"), tiny_base)
+    # The tune alone (no separate fine-tune): its trial's run is nested under the search's parent run, both
+    # with figures, and its best trial registers a version and exports to models/<tenant>/, so every eraser
+    # has the tenant's data to remove from the production stores; the embedded audit above also runs
+    # `finetune`, whose run folders under ATTUNE_HOME the training eraser removes the same on any store.
+    _tune(settings, _canary_data(demo_dir, tmp_path / "data" / "canary.jsonl"), tiny_base)
+    assert len(Registry.from_settings(settings).versions(TENANT)) == 1
+    assert (home / "models" / TENANT).is_dir() and (home / "ray_results" / f"tune-{TENANT}").is_dir()
     assert keys_url(settings) == database_uri  # the keys live in the registry's PostgreSQL
     KeyStore(keys_url(settings)).create(TENANT)
     assert database_url(settings) == database_uri  # and so does the feedback (written as the endpoint writes it)

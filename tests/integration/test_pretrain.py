@@ -124,6 +124,12 @@ def test_run_is_tracked_in_mlflow_through_the_registry(scratch):
     curve = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval_perplexity"))
     assert [step for step, _ in curve] == [0, 15, 30, 45]
     assert client.get_experiment(run.info.experiment_id).name == "base.wiki-tiny"
+    # logged live (each evaluation as it happened), then the export registered from the same run
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("pretrain-wiki-tiny-tiny-")
+    assert summary["base_uri"] == "models:/base.wiki-tiny/1"
+    version = client.get_model_version("base.wiki-tiny", "1")
+    assert version.run_id == run.info.run_id and version.aliases == ["newest"]
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [summary["corpus_hash"][:36]]
 
 
 def test_finetune_accepts_the_pretrained_export(scratch, demo_dir, tmp_path):
@@ -131,12 +137,12 @@ def test_finetune_accepts_the_pretrained_export(scratch, demo_dir, tmp_path):
     from train.finetune.driver import finetune
 
     settings, _, summary = scratch
-    config = FinetuneConfig(tenant="john", data=str(demo_dir / "john.jsonl"), base=summary["model_dir"],
+    config = FinetuneConfig(tenant="john", data=str(demo_dir / "john.jsonl"), base="models:/base.wiki-tiny@newest",
                             num_workers=1, zero_stage=0, epochs=1, batch_size=32, max_seq_len=24, lr=1e-3,
                             max_train_rows=128, out=tmp_path / "john", register_model=False)
-    result = finetune(config, settings=settings)
+    result = finetune(config, settings=settings)  # from the registered base, downloaded through the registry
     manifest = json.loads((tmp_path / "john" / "attune.json").read_text())
-    assert manifest["base"] == summary["model_dir"]
+    assert manifest["base"] == str(settings.home / "cache" / "bases" / "base.wiki-tiny" / "1")
     assert 0.0 <= result["metrics"]["test_accuracy"] <= 1.0
     assert Predictor(tmp_path / "john").predict(["gold rises 2%"])[0]["label"] in manifest["labels"]
 

@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -99,8 +101,15 @@ def test_finetune_registers_and_gates_through_the_server(ray_session, mlflow_pro
     reg = Registry(mlflow_production.tracking_uri)
     v1 = reg.get_version("gated", "1")
     assert v1.tags["attune.base"] == str(tiny_base) and v1.tags["attune.data_hash"] == first["data_hash"]
-    assert reg.client.get_run(v1.run_id).data.params["max_train_rows"] == "256"
-    assert [m.step for m in reg.client.get_metric_history(v1.run_id, "val_macro_f1")] == [1, 2]
+    run = reg.client.get_run(v1.run_id)
+    assert run.data.params["max_train_rows"] == "256"
+    # the live run: opened as training started, each epoch logged as it ended, ended FINISHED with the model
+    assert run.info.status == "FINISHED" and re.fullmatch(r"finetune-gated-full-\d{8}-\d{6}", run.info.run_name)
+    curve = reg.client.get_metric_history(v1.run_id, "val_macro_f1")
+    assert [m.step for m in curve] == [1, 2] and curve[0].timestamp < curve[1].timestamp
+    assert run.data.tags["mlflow.source.name"] == "attune finetune" and run.data.tags["mlflow.source.git.commit"]
+    (entry,) = run.inputs.dataset_inputs  # the UI's Dataset column: the data's hash and where it is
+    assert entry.dataset.digest == first["data_hash"][:36] and json.loads(entry.dataset.source) == {"uri": data}
     # the run's pictures, stored through the server (on S3) where the UI shows them
     figures = {f.path: f.file_size for f in reg.client.list_artifacts(v1.run_id, "figures")}
     assert set(figures) == {"figures/reliability.png", "figures/confusion_matrix.png"} and min(figures.values()) > 1000

@@ -2,7 +2,8 @@
 tenant isolation, LoRA base sharing, key revocation, alias follow with zero failures, metrics, feedback.
 
 Models are tiny constant-answer exports registered in a SQLite registry (no training); one endpoint
-replica with 0.25 CPU runs on the shared 2-CPU test Ray.
+replica with 0.25 CPU runs on the shared 2-CPU test Ray. The app is the ``served`` fixture of
+tests/integration/conftest.py, which test_serve_fallback.py then uses too.
 """
 from __future__ import annotations
 
@@ -15,34 +16,11 @@ from ray import serve as ray_serve
 
 from registry import FeedbackStore, prediction_version
 from serve._app import APP_NAME, DEPLOYMENT
-from serve._keys import KeyStore
-from tests.registry_helpers import sqlite_registry
-from tests.serve_helpers import app_spec, calibrated_top_score, constant_export, register, running_app
+from tests.serve_helpers import calibrated_top_score
 from tests.waiting import wait_for
 
-REFRESH_S = 1.0
+REFRESH_S = 1.0  # the shared app's (tests/integration/conftest.py: SERVED_REFRESH_S)
 TEXT = "gold is up 150% in after-hours trading"
-
-
-@pytest.fixture(scope="module")
-def served(ray_session, tiny_base, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-app")
-    exports = {(m, a): constant_export(tiny_base, root / "exports" / f"{m}-{a}", a, m)
-               for m in ("full", "lora") for a in ("positive", "negative")}
-    reg = sqlite_registry(root / "store")
-    versions = {"john": register(reg, "john", exports[("full", "positive")]),     # long gold
-                "jane": register(reg, "jane", exports[("lora", "negative")]),     # short gold, LoRA
-                "ann": register(reg, "ann", exports[("lora", "positive")]),       # LoRA on the same base
-                "bob": register(reg, "bob", exports[("full", "positive")]),       # artifact corrupted below
-                "dave": register(reg, "dave", exports[("full", "positive")])}     # promote/rollback
-    register(reg, "dave", exports[("full", "negative")], promote=False)           # dave v2: challenger
-    register(reg, "carl", exports[("full", "positive")], promote=False)           # no champion
-    store = KeyStore(f"sqlite:///{root / 'keys.db'}")
-    keys = {t: store.create(t)["key"] for t in ("john", "jane", "bob", "dave")}
-    keys["admin"] = store.create(None, admin=True)["key"]
-    with running_app(app_spec(reg, root, keys_url=store.url, refresh_s=REFRESH_S)) as client:
-        yield {"client": client, "keys": keys, "store": store, "reg": reg, "versions": versions,
-               "url": str(client.base_url).rstrip("/")}
 
 
 def predict(served, tenant, texts=(TEXT,), key=None, **kwargs):
@@ -317,3 +295,38 @@ def test_per_tenant_metrics_reach_prometheus(served):
 
     text = wait_for(scrape, 40, "attune metrics on Ray's Prometheus endpoint", interval_s=1.0)
     assert 'tenant="_unauthorized"' in text  # no free-form tenant tags before authentication
+
+
+def _samples(text: str, metric: str, *labels: str) -> list[float]:
+    """The values of ``metric``'s series with ``labels`` (``'tenant="ann"'``) in a Prometheus scrape."""
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.removeprefix("ray_").startswith(f"{metric}{{") and all(label in line for label in labels)]
+
+
+def test_live_quality_and_drift_from_feedback_that_contradicts_the_champion(served):
+    """ann's champion answers "positive" to every text; 36 of 40 feedback labels say "negative". The
+    replica scores each text with the champion on arrival, so ann's tenant info reports accuracy 0.1 on
+    40 rows and the drift flag (test_accuracy 0.9: the binomial test's p-value is tiny), and so do the gauges."""
+    import ray
+
+    items = [{"text": f"live quality {i}", "label": "negative" if i < 36 else "positive"} for i in range(40)]
+    assert feedback(served, "ann", items).status_code == 200
+    resp = served["client"].get("/v1/tenants/ann", headers={"Authorization": f"Bearer {served['keys']['admin']}"})
+    quality = resp.json()["live_quality"]
+    assert (quality["version"], quality["rows"], quality["correct"]) == (served["versions"]["ann"], 40, 4)
+    assert quality["accuracy"] == 0.1 and quality["test_accuracy"] == 0.9 and quality["since"]
+    assert quality["ece"] == pytest.approx(calibrated_top_score() - 0.1, abs=1e-4)  # 99.7% sure, 10% right
+    drift = quality["drift"]
+    assert (drift["flag"], drift["status"], drift["n"]) == (True, "drift", 40)
+    assert drift["p_value"] < drift["alpha"] and "binomial" in drift["rule"]
+    port = ray._private.worker.global_worker.node.metrics_export_port
+
+    def scrape():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            text = page.read().decode()
+        wanted = {"attune_live_drift": 1.0, "attune_live_accuracy": 0.1, "attune_live_feedback_rows": 40.0}
+        return all(_samples(text, name, 'tenant="ann"') == [value] for name, value in wanted.items()) and text
+
+    text = wait_for(scrape, 40, "ann's live quality gauges on Ray's Prometheus endpoint", interval_s=1.0)
+    assert _samples(text, "attune_feedback_total", 'tenant="ann"', 'outcome="wrong"') == [36.0]
+    assert _samples(text, "attune_feedback_total", 'tenant="ann"', 'outcome="correct"') == [4.0]

@@ -172,6 +172,9 @@ def _check_tracking(home: Path, summary: dict, before: dict) -> None:
     assert best["params"]["lr"] == str(summary["best_config"]["lr"]) and "test_macro_f1" in best["metrics"]
     version = registry.get_version("john", summary["model_version"])
     assert version.run_id == best["run_id"]  # the registered model is the best trial's export
+    for child in children:  # live: every trial's run opened as the trial started, long before the hand-off
+        run = registry.client.get_run(child["run_id"])
+        assert run.info.start_time < version.created_at_ms and run.info.run_name.startswith("tune-john-full-")
     # no finished trial ran again after --resume: same finish record, and it is what MLflow holds
     for trial_id, record in before.items():
         assert by_trial[trial_id]["status"] == "FINISHED"

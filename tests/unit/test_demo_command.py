@@ -57,3 +57,15 @@ def test_a_busy_port_is_refused_before_anything_runs():
         port = sock.getsockname()[1]
         with pytest.raises(_demo.DemoError, match=f"port {port} .* already in use"):
             _demo._check_port_free(port)
+
+
+def test_side_by_side_shows_john_before_and_after_and_jane():
+    before = [_row(_demo.SEED_SENTENCE, "positive", "negative")]
+    after = [_row(_demo.SEED_SENTENCE, "negative", "negative")]
+    after[0]["john"]["model_version"] = "4"
+    header, line = _demo._side_by_side(before, after).strip().splitlines()
+    assert header.index("john before") < header.index("john after") < header.index("jane")
+    assert line.startswith(_demo.SEED_SENTENCE)
+    cells = line[len(_demo.SEED_SENTENCE):].split()
+    assert [c for c in cells if c in ("positive", "negative")] == ["positive", "negative", "negative"]
+    assert line.index("v3") < line.index("v4") < line.rindex("v3")

@@ -12,7 +12,7 @@ import pytest
 
 from cluster import get_settings
 from cluster.cli import main
-from registry import Feedback, FeedbackStore
+from registry import Feedback, FeedbackStore, RelocalizeLog
 from serve import KeyStore
 from tests.registry_helpers import fake_model_dir, record, sqlite_registry
 
@@ -43,12 +43,16 @@ def two_tenants(attune_home, tmp_path):
         keys.create(tenant)
         feedback.record(tenant, [Feedback(f"{tenant} feedback one", "positive"),
                                  Feedback(f"{tenant} feedback two", "negative")])
+        log = RelocalizeLog(keys.url)
+        log.finish(log.start(tenant, "by hand"), "promoted", version="2", feedback_rows=2, message=f"{tenant} won")
+        log.engine.dispose()
         runs = attune_home / "ray_results"
         files[tenant] = [
             _touch(attune_home / "models" / tenant / "20261207T101112" / "model" / "attune.json", tenant),
             _touch(runs / f"finetune-{tenant}-{STAMP}" / "checkpoint_000000" / "shard.pt"),
             _touch(runs / ".progress" / f"finetune-{tenant}-{STAMP}.jsonl"),
             _touch(runs / f"tune-{tenant}" / "attune-search.json"),
+            _touch(attune_home / "data" / tenant / "relocalized-20261207T101112Z.jsonl", f"{tenant} feedback one"),
         ]
     keys.create("john")
     feedback.engine.dispose()
@@ -62,13 +66,14 @@ def test_delete_tenant_erases_every_store_and_leaves_the_others(two_tenants, cap
     report = json.loads(captured.out.strip().splitlines()[-1])
     assert "erasing tenant john" in captured.err and "training" in captured.err
     stores = {part["store"]: part for part in report["stores"]}
-    assert list(stores) == ["keys", "registry", "feedback", "training", "tuning"]
+    assert list(stores) == ["keys", "registry", "feedback", "relocalize", "training", "tuning"]
     assert len(stores["keys"]["removed"]) == 2
     assert stores["feedback"]["removed"] == ["feedback on 2 text(s)"]
+    assert stores["relocalize"]["removed"] == ["1 relocalization record(s)"]
     assert stores["registry"]["removed"][0] == "registered model tenant.john and its 1 version(s)"
-    export, run, progress, _ = two_tenants["files"]["john"]
+    export, run, progress, _, relocalized = two_tenants["files"]["john"]
     assert sorted(stores["training"]["removed"]) == sorted(map(str, [export.parents[2], run.parents[1],
-                                                                        progress]))
+                                                                        progress, relocalized.parent]))
     assert stores["tuning"]["removed"] == [str(two_tenants["files"]["john"][3].parent)]
     assert report["removed"] == sum(len(part["removed"]) for part in report["stores"])
 
@@ -92,7 +97,7 @@ def test_the_sqlite_files_hold_nothing_of_an_erased_tenant(two_tenants, tmp_path
     raw = (home / "mlflow.db").read_bytes()
     assert raw.count(marker) == raw.count(b"tenant.john-2")  # only john-2's names start with it
     keys = (home / "keys.db").read_bytes()  # the API keys and the feedback
-    assert keys.count(b"john") == keys.count(b"john-2") and b"john feedback" not in keys
+    assert keys.count(b"john") == keys.count(b"john-2") and b"john feedback" not in keys and b"john won" not in keys
 
 
 def test_an_interrupted_erasure_reports_the_failed_store_and_a_second_run_finishes(two_tenants, capsys,
@@ -135,7 +140,7 @@ def test_every_erasers_entry_point_loads(attune_home):
     from cluster._erasure import ERASERS_GROUP
 
     erasers = entry_points(ERASERS_GROUP)
-    assert [e.name for e in erasers] == ["keys", "registry", "feedback", "training", "tuning"]
+    assert [e.name for e in erasers] == ["keys", "registry", "feedback", "relocalize", "training", "tuning"]
     settings = get_settings()
     for entry in erasers:  # nothing stored yet: every store answers, removes nothing
         part = entry.load()("nobody", settings)

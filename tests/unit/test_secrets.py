@@ -1,6 +1,8 @@
 """Secrets stay secret: no credential goes with a submitted job (its environment and command line are
 shown on the Ray dashboard), none is on the command line of the `mlflow gc` and `mlflow server`
 processes attune starts, and `attune keys create`, which prints a new key, cannot be submitted.
+(The real `attune registry ui` process tree is checked in tests/e2e/test_registry_ui.py, whose UI
+process serves that whole module.)
 
 The passwords here are fake; the real-process tests use SQLite, whose URI stands in for the secret.
 """
@@ -8,11 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -207,53 +205,3 @@ def test_ui_command_passes_the_stores_in_the_environment():
     assert env["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == registry.artifact_root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tree_cmdlines(pid: int) -> list[str]:
-    """Command lines of ``pid`` and all its descendants (``mlflow server`` starts uvicorn)."""
-    lines, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            lines.append(_cmdline(current))
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return lines
-
-
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return json.loads(resp.read() or b"{}") if resp.status == 200 else None
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-@pytest.mark.skipif(not HAS_PROC, reason="reads /proc/<pid>/cmdline")
-def test_real_registry_ui_serves_the_store_with_no_store_uri_on_any_command_line(tmp_path):
-    reg = sqlite_registry(tmp_path / "store")
-    reg.client.create_experiment("tenant.secret-check")
-    port = _free_port()
-    cmd, env = ui_command(reg, "127.0.0.1", port)
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=tenant.secret-check"
-        found = wait_for(lambda: proc.poll() is None and _get(url), 90, "`mlflow server` to answer", 0.25)
-        assert found["experiment"]["name"] == "tenant.secret-check"  # it reads the store named in its environment
-        lines = _tree_cmdlines(proc.pid)
-        db_path = reg.tracking_uri.removeprefix("sqlite:///")
-        assert len(lines) >= 2 and not [line for line in lines if db_path in line or "sqlite:" in line]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

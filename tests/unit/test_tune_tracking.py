@@ -82,3 +82,57 @@ def test_head_warmup_steps_count_for_every_trial_that_ran():
     assert failed.head_warmup_steps(32) == 0  # never reached a result
     searched = TrialOutcome("t4", {"lr": 1e-4, "head_warmup_steps": 64}, "stopped_early", _history(0.3))
     assert searched.head_warmup_steps(32) == 64  # its own sampled value, not the job's
+
+
+class FakeTrial:
+    """What a Tune callback sees of a trial."""
+
+    def __init__(self, trial_id: str, config: dict, last_result=None, error=None):
+        self.trial_id, self.config, self.last_result, self.error = trial_id, config, last_result or {}, error
+
+    def get_error(self):
+        return self.error
+
+
+def test_each_trial_run_is_live_while_the_search_runs_and_ends_as_the_trial_did(tracker):
+    import pickle
+    import re
+
+    from registry import TAG_ERROR
+    from tune._tracking import TrialRuns
+
+    reg = tracker.registry
+    parent = tracker.start("tune-john-live")
+    runs = TrialRuns(tracker)
+    t1, t2, t3 = (FakeTrial(o.trial_id, o.params) for o in OUTCOMES)
+    for trial in (t1, t2, t3):
+        runs.on_trial_start(0, [], trial)
+    for trial, history in ((t1, _history(0.6, 0.7)), (t2, _history(0.2))):
+        for row in history:
+            runs.on_trial_result(0, [], trial, {**row, "trial_id": trial.trial_id})
+    runs.on_trial_result(0, [], t1, {**_history(0.6, 0.9)[1], "trial_id": "t1"})  # epoch 2 again, after a restart
+    live = {run["tags"][TAG_TRIAL]: run for run in reg.runs("tenant.john", parent_run_id=parent)}
+    assert {k: r["status"] for k, r in live.items()} == {"t1": "RUNNING", "t2": "RUNNING", "t3": "RUNNING"}
+    assert re.fullmatch(r"tune-john-full-t1-\d{8}-\d{6}", live["t1"]["run_name"])
+    assert live["t1"]["params"]["lr"] == "0.0001" and reg.metric_history(live["t1"]["run_id"], "val_macro_f1") == [
+        (1, 0.6), (2, 0.7)]
+
+    runs.on_trial_result(0, [], t1, {**OUTCOMES[0].final, "trial_id": "t1"})  # the final result is not an epoch
+    t1.last_result = {"final": 1}
+    runs.on_trial_complete(0, [], t1)
+    runs.on_trial_complete(0, [], t2)  # stopped by the scheduler: no final result
+    t3.error = RuntimeError("RayTaskError: worker died")
+    runs.on_trial_error(0, [], t3)
+    ended = {run["tags"][TAG_TRIAL]: run for run in reg.runs("tenant.john", parent_run_id=parent)}
+    assert {k: r["status"] for k, r in ended.items()} == {"t1": "FINISHED", "t2": "KILLED", "t3": "FAILED"}
+    assert ended["t3"]["tags"][TAG_ERROR] == "RayTaskError: worker died"
+    assert reg.metric_history(live["t1"]["run_id"], "val_macro_f1") == [(1, 0.6), (2, 0.7)]
+
+    assert tracker.trial_record(OUTCOMES[0]).run_id == live["t1"]["run_id"]  # registration uploads into it
+    tracker.log_trials(OUTCOMES, skip="t1")
+    final = {run["tags"][TAG_TRIAL]: run for run in reg.runs("tenant.john", parent_run_id=parent)}
+    assert len(final) == 3 and final["t2"]["status"] == "KILLED" and final["t3"]["status"] == "FAILED"
+    assert final["t2"]["tags"]["attune.trial.status"] == "stopped_early"
+    assert reg.metric_history(live["t2"]["run_id"], "val_macro_f1") == [(1, 0.2)]  # not logged twice
+    restored = pickle.loads(pickle.dumps(runs))  # kept with the Tuner for --resume
+    assert restored._registry is None and restored.parent_run_id == parent

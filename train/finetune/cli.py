@@ -11,7 +11,9 @@ def register_finetune(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="fine-tune one tenant's classifier on Ray Train + DeepSpeed")
     p.add_argument("--tenant", required=True, help="tenant id, e.g. john")
     p.add_argument("--data", required=True, help="JSONL/CSV path or s3://bucket/key with text,label columns")
-    p.add_argument("--base", default=None, help="'minilm' (default, env ATTUNE_BASE) or a Hugging Face model dir")
+    p.add_argument("--base", default=None,
+                   help="'minilm' (default, env ATTUNE_BASE), a Hugging Face model dir, or a registered base: "
+                        "models:/base.NAME@ALIAS or models:/base.NAME/VERSION")
     p.add_argument("--method", choices=["full", "lora"], default="full",
                    help="full: train the encoder and the head; lora: PEFT LoRA adapters on the attention "
                         "projections plus the head")

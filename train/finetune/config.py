@@ -59,6 +59,12 @@ class FinetuneConfig(BaseModel):
     def _tenant(cls, value: str) -> str:
         return check_tenant_id(value)
 
+    @field_validator("data")
+    @classmethod
+    def _data(cls, value: str) -> str:
+        """A local path is made absolute, so the lineage names the file wherever it is read."""
+        return value if "://" in value else str(Path(value).expanduser().resolve())
+
     @field_validator("split_fractions")
     @classmethod
     def _fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:

@@ -19,6 +19,7 @@ from train._base import load_tokenizer, resolve_base
 from train._calibration import calibrate
 from train._figures import figure_data, write_figure_data
 from train._metrics import classification_report, macro_f1
+from train._run import metrics_event
 from train._worker import report_checkpoint, setup_logging
 from train.finetune.batching import LengthBucketSampler
 from train.finetune.config import FinetuneConfig
@@ -71,6 +72,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         else:
             state["bad_epochs"] += 1
         state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, "val_macro_f1": val_f1})
+        metrics_event(writer, epoch + 1, {"train_loss": train_loss, "val_macro_f1": val_f1})  # the live run's
         if rank == 0:
             logger.info("epoch %d/%d  train_loss %.4f  val_macro_f1 %.4f%s", epoch + 1, cfg.epochs,
                         train_loss, val_f1, "  (best)" if improved else "")

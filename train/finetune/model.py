@@ -1,10 +1,13 @@
-"""The classifier: a (LoRA) sequence classifier with a fresh head over a base encoder, and loading an export."""
+"""The classifier: a (LoRA) sequence classifier with a fresh head over a base encoder.
+
+Its class (mean-pooled BERT for the BERT family), and writing and loading an export, are the
+registry's artifact contract (``registry._artifact``, ``registry._classifier``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
-from train._base import resolve_base
 from train._errors import BaseModelError
 
 
@@ -61,21 +64,18 @@ def draw_new_weights(model, missing_keys, seed: int) -> list[str]:
 
 
 def classifier_class(model_dir: Path):
-    """Mean-pooled BERT for BERT-family encoders (how all-MiniLM-L6-v2 was trained), else HF's Auto class."""
-    import json
+    """Mean-pooled BERT for BERT-family encoders (how all-MiniLM-L6-v2 was trained), else HF's Auto class
+    (the artifact contract's choice: ``registry.classifier_class``)."""
+    from registry import classifier_class as contract_class
 
-    from transformers import AutoModelForSequenceClassification
-
-    from train.finetune.pooling import MeanPoolBertForSequenceClassification
-
-    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
-    return MeanPoolBertForSequenceClassification if model_type == "bert" else AutoModelForSequenceClassification
+    return contract_class(model_dir)
 
 
 def lora_target_modules(model) -> list[str]:
-    """Attention projection names present in the model (BERT: query/key/value)."""
+    """Attention projection names present in the model (BERT: query/key/value; MPNet: q/k/v)."""
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["q_lin", "k_lin", "v_lin"]):
+    for candidates in (["query", "key", "value"], ["q_proj", "k_proj", "v_proj"], ["q_lin", "k_lin", "v_lin"],
+                       ["q", "k", "v"]):  # BERT, LLaMA-style, DistilBERT, MPNet
         if all(c in names for c in candidates):
             return candidates
     raise BaseModelError("cannot find attention projections for LoRA in this base model; use --method full")
@@ -105,15 +105,3 @@ def _linear_names(model) -> set[str]:
     from torch import nn
 
     return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-
-
-def load_exported_classifier(model_dir: Path, manifest: dict, base_dir: Optional[Path] = None):
-    """Load a model written by :func:`train.finetune.export.export_model` (full or LoRA)."""
-    if manifest["method"] == "lora":
-        from peft import PeftModel
-
-        base_dir = base_dir or resolve_base(manifest["base"])
-        labels = manifest["labels"]
-        base = build_classifier(base_dir, labels, method="full")
-        return PeftModel.from_pretrained(base, str(model_dir)).eval()
-    return classifier_class(model_dir).from_pretrained(str(model_dir)).eval()

@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--eval-corpus", help="held-out texts for perplexity (default: 1 corpus text in 50)")
     p.add_argument("--preset", choices=["tiny", "small", "base", "large"],
                    help="a new encoder: tiny (~1M params), small (~30M), base (~110M), large (~340M)")
-    p.add_argument("--init", help="continue from 'minilm' (the packaged all-MiniLM-L6-v2) or a Hugging Face "
-                                  "encoder directory, instead of --preset")
+    p.add_argument("--init", help="continue from 'minilm' (the packaged all-MiniLM-L6-v2), a Hugging Face "
+                                  "encoder directory or a registered base (models:/base.NAME@ALIAS), instead of "
+                                  "--preset")
     p.add_argument("--tokenizer", choices=["minilm", "train"],
                    help="train a WordPiece vocabulary on the corpus (default with --preset) or reuse MiniLM's")
     p.add_argument("--vocab-size", type=int, help="--tokenizer train: vocabulary size (tiny 4096, others 30522)")
@@ -127,4 +128,6 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     text = (f"base {summary['name']}: {summary['steps']} steps, held-out perplexity "
             f"{summary['initial_eval_perplexity']:.2f}{warm} -> {summary['final_eval_perplexity']:.2f}, "
             f"{summary['tokens_per_s']:.0f} tokens/s{resumed}\nmodel: {summary['model_dir']}")
+    if summary.get("base_uri"):
+        text += f"\nregistered as {summary['base_uri']} (fine-tune with --base models:/base.{summary['name']}@newest)"
     return emit(args, summary, text)

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Optional
 
 from cluster import Settings, get_settings, init_ray, render_log
-from train._base import resolve_base
+from train._base import pinned_base, resolve_base
 from train._errors import BaseModelError, ConfigError, TrainError
-from train._run import collect_export, failure_hint, shown_progress, torch_trainer, uses_gpu
+from train._run import collect_export, failure_hint, open_run, shown_progress, torch_trainer, tracked, uses_gpu
 from train.pretrain.config import PretrainConfig
 from train.pretrain.corpus import CorpusFile, list_corpus_files
 from train.pretrain.loop import pretrain_loop_per_worker
+from train.pretrain.track import BASE_EXPERIMENT_PREFIX, opening_record, register_pretrained
 from train.pretrain.vocab import write_files
 
 logger = logging.getLogger("attune.train")
@@ -33,12 +34,17 @@ RUN_TOKENIZER = "attune_tokenizer"
 
 
 def pretrain(config: PretrainConfig, *, settings: Optional[Settings] = None) -> dict:
-    """Pretrain (or continue pretraining) an encoder with masked-LM and export it; returns the summary."""
+    """Pretrain (or continue pretraining) an encoder with masked-LM and export it; returns the summary.
+
+    With ``track`` the MLflow run (experiment ``base.<name>``) opens when training starts, gets each
+    held-out evaluation as it happens, and the export is registered from it as the next version of
+    ``base.<name>`` (alias ``newest``); a failure or Ctrl-C ends it FAILED or KILLED with the error.
+    """
     settings = settings or get_settings()
     files = list_corpus_files(config.corpus, endpoint_url=settings.s3_endpoint_url)
     eval_files = (list_corpus_files(config.eval_corpus, flag="--eval-corpus", endpoint_url=settings.s3_endpoint_url)
                   if config.eval_corpus else None)
-    init_dir = _resolve_init(config.init)
+    config, init_dir = _resolve_init(config, settings)
     out_dir = _out_dir(config, settings)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(f"--out {out_dir} already exists and is not empty; choose a new directory or --name")
@@ -48,11 +54,19 @@ def pretrain(config: PretrainConfig, *, settings: Optional[Settings] = None) -> 
     scan = _scan(config, files, eval_files, init_dir, settings, saved)
     if saved is None:
         _save_run_meta(run_dir, config, scan)
-    started = time.monotonic()
-    result = _fit(config, settings, run_dir, files, eval_files, scan)
-    collect_export(result, out_dir)
-    summary = dict(result.return_value or {})
-    output = {
+    with open_run(settings, BASE_EXPERIMENT_PREFIX + config.name, opening_record(config, scan["corpus_hash"]),
+                  enabled=config.track) as live:
+        started = time.monotonic()
+        result = _fit(config, settings, run_dir, files, eval_files, scan, init_dir, live)
+        collect_export(result, out_dir)
+        output = _output(config, out_dir, dict(result.return_value or {}), scan, time.monotonic() - started)
+        if live is not None:
+            output.update(register_pretrained(settings, config, output, scan["corpus_hash"], live))
+    return output
+
+
+def _output(config: PretrainConfig, out_dir: Path, summary: dict, scan: dict, seconds: float) -> dict:
+    return {
         "name": config.name,
         "model_dir": str(out_dir.resolve()),
         "steps": summary.get("steps"),
@@ -63,14 +77,9 @@ def pretrain(config: PretrainConfig, *, settings: Optional[Settings] = None) -> 
                                        "activation_checkpointing", "parameters", "vocab_size", "zero3_shards",
                                        "head_warmup", "train_tokens", "peak_gpu_memory_mb", "peak_host_memory_mb")},
         "corpus_hash": scan["corpus_hash"],
-        "wall_seconds": round(time.monotonic() - started, 2),
+        "wall_seconds": round(seconds, 2),
         "history": summary.get("history", []),
     }
-    if config.track:
-        from train.pretrain.track import log_pretrain_run
-
-        output["mlflow_run_id"] = log_pretrain_run(settings, config, output, scan)
-    return output
 
 
 def resume_config(settings: Settings, name: str, overrides: dict) -> PretrainConfig:
@@ -90,11 +99,13 @@ def _resumable_hint(settings: Settings) -> str:
     return f"; runs that can be resumed: {', '.join(names)}" if names else "; there are no interrupted runs"
 
 
-def _resolve_init(init: Optional[str]) -> Optional[Path]:
-    if init is None:
-        return None
+def _resolve_init(config: PretrainConfig, settings: Settings) -> tuple[PretrainConfig, Optional[Path]]:
+    """The ``--init`` encoder's local folder; a registered base's URI is pinned to its version."""
+    if config.init is None:
+        return config, None
     try:
-        return resolve_base(init)
+        init, init_dir = pinned_base(config.init, settings)
+        return config.model_copy(update={"init": init}), init_dir or resolve_base(config.init)
     except BaseModelError as exc:
         raise BaseModelError(str(exc).replace("--base", "--init")) from None
 
@@ -160,9 +171,12 @@ def _save_run_meta(run_dir: Path, config: PretrainConfig, scan: dict) -> None:
     (run_dir / RUN_META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _fit(config: PretrainConfig, settings: Settings, run_dir: Path, files, eval_files, scan: dict):
-    with shown_progress(settings, config.run_name, f"pretraining {config.name}", "steps", _render) as progress:
-        return _fit_run(config, settings, run_dir, files, eval_files, scan, progress)
+def _fit(config: PretrainConfig, settings: Settings, run_dir: Path, files, eval_files, scan: dict,
+         init_dir: Optional[Path], live):
+    """The Ray Train run, its progress shown and its evaluations logged into ``live`` (None: not tracked)."""
+    with shown_progress(settings, config.run_name, f"pretraining {config.name}", "steps",
+                        tracked(_render, live)) as progress:
+        return _fit_run(config, settings, run_dir, files, eval_files, scan, progress, init_dir)
 
 
 def _render(view, event: dict) -> None:
@@ -175,9 +189,12 @@ def _render(view, event: dict) -> None:
 
 
 def _fit_run(config: PretrainConfig, settings: Settings, run_dir: Path, files, eval_files, scan: dict,
-             progress: Path):
+             progress: Path, init_dir: Optional[Path]):
     use_gpu = uses_gpu(config.use_gpu, config.num_workers)
-    loop_config = {"pretrain": config.model_dump(mode="json"), "files": files, "eval_files": eval_files,
+    workers = config.model_dump(mode="json")
+    if init_dir is not None and config.init != "minilm":
+        workers["init"] = str(init_dir)  # a registered base: the folder the driver fetched, not its URI
+    loop_config = {"pretrain": workers, "files": files, "eval_files": eval_files,
                    "tokenizer_files": scan["tokenizer_files"], "corpus_hash": scan["corpus_hash"],
                    "endpoint_url": settings.s3_endpoint_url, "log_level": settings.log_level,
                    "progress_interval_s": settings.progress_interval_s, "progress_file": str(progress)}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from train import _deepspeed as ds
+from train._run import metrics_event
 from train._worker import report_checkpoint, setup_logging
 from train.pretrain.config import PretrainConfig
 from train.pretrain.mlm import IGNORE_INDEX, TrainStream, eval_sequences, mask_tokens, special_ids
@@ -49,7 +50,7 @@ def pretrain_loop_per_worker(loop_config: dict) -> Optional[dict]:
 
     if state["initial_eval_perplexity"] is None:
         before = warm.pop("before") if warm else _evaluate(engine, eval_set, cfg.batch_size * 2, engine.device)
-        _record_first_evals(before, warm, cfg, rank, state)
+        _record_first_evals(before, warm, cfg, rank, state, writer)
     batches = data.train_batches(skip=state["micro_batches"])
     progress = _Progress(writer, world, cfg, state)
     losses: list[float] = []
@@ -108,11 +109,14 @@ def _warm_up(model, cfg: PretrainConfig, data: _Data, eval_set, loop_config: dic
     return {"before": before, "steps": steps, "eval_loss": loss, "eval_perplexity": ppl}
 
 
-def _record_first_evals(before: tuple, warm: Optional[dict], cfg: PretrainConfig, rank: int, state: dict) -> None:
-    """Step 0's held-out evaluation, and the one after a head warm-up (``warm``), into the loop state."""
+def _record_first_evals(before: tuple, warm: Optional[dict], cfg: PretrainConfig, rank: int, state: dict,
+                        writer) -> None:
+    """Step 0's held-out evaluation, and the one after a head warm-up (``warm``), into the loop state and
+    (rank 0's ``writer``) the driver's live run."""
     loss, ppl = before
     state["initial_eval_perplexity"] = ppl
     state["history"].append({"step": 0, "eval_loss": loss, "eval_perplexity": ppl})
+    metrics_event(writer, 0, state["history"][-1])
     if rank == 0:
         logger.info("step 0/%d  held-out perplexity %.2f (loss %.4f)", cfg.max_steps, ppl, loss)
     if warm:
@@ -120,6 +124,7 @@ def _record_first_evals(before: tuple, warm: Optional[dict], cfg: PretrainConfig
         state["history"].append({"step": 0, "head_warmup_steps": warm["steps"],
                                  "head_warmup_eval_loss": warm["eval_loss"],
                                  "head_warmup_eval_perplexity": warm["eval_perplexity"]})
+        metrics_event(writer, 0, state["history"][-1])
         if rank == 0:
             logger.info("after the head warm-up: held-out perplexity %.2f (loss %.4f)", warm["eval_perplexity"],
                         warm["eval_loss"])
@@ -264,6 +269,7 @@ def _record_eval(engine, eval_set, cfg: PretrainConfig, rank: int, state: dict, 
            "train_loss": sum(losses) / len(losses) if losses else math.nan, "lr": _lr(engine),
            "tokens_per_s": progress.tokens_per_s()}
     state["history"].append(row)
+    metrics_event(progress.writer, row["step"], row)  # rank 0's writer only: the driver's live run
     if rank == 0:
         logger.info("step %d/%d  held-out perplexity %.2f (loss %.4f)  train loss %.4f", state["step"],
                     cfg.max_steps, ppl, loss, row["train_loss"])
