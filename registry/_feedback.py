@@ -18,30 +18,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import logging
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from registry._errors import RegistryUnavailableError
 from registry._names import check_tenant_id
-from registry._store import erase_rows, redact
+from registry._tables import FeedbackStoreError, TenantTable, erase_tenant_rows  # noqa: F401 - its error, re-exported
 
-logger = logging.getLogger("attune.registry")
 TABLE = "attune_feedback"
 PREDICTION_ID_PATTERN = r"^[1-9][0-9]{0,9}\.[0-9a-f]{16}$"
 _PREDICTION_ID = re.compile(PREDICTION_ID_PATTERN)
 UPSERT_DIALECTS = ("sqlite", "postgresql")  # INSERT ... ON CONFLICT DO UPDATE; others delete, then insert
 ECE_BINS = 15  # equal-width confidence bins of the live ECE, as training's ECE (train._metrics.ECE_BINS)
 SCORE_COLUMNS = ("scored_version", "scored_label", "scored_confidence", "scored_at")
-
-
-class FeedbackStoreError(RegistryUnavailableError):
-    """The feedback store cannot be opened, read or written (503 when serving; exit status 1)."""
-
-    code = "feedback_store_unavailable"
 
 
 @dataclass(frozen=True)
@@ -102,19 +93,17 @@ def newest_per_text(items: Iterable[Feedback]) -> list[Feedback]:
     return list(latest.values())
 
 
-class FeedbackStore:
+class FeedbackStore(TenantTable):
     """The feedback table behind a SQLAlchemy URL (created on first use)."""
+
+    what = "feedback store"
 
     def __init__(self, url: str):
         import sqlalchemy as sa
 
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
-        meta = sa.MetaData()
+        super().__init__(url)
         self.table = sa.Table(
-            TABLE, meta,
+            TABLE, self.metadata,
             sa.Column("tenant", sa.String(64), primary_key=True),
             sa.Column("text_sha256", sa.String(64), primary_key=True),
             sa.Column("text", sa.Text, nullable=False),
@@ -127,7 +116,7 @@ class FeedbackStore:
             sa.Column("scored_confidence", sa.Float, nullable=True),
             sa.Column("scored_at", sa.String(40), nullable=True),
         )
-        self._guard(lambda: meta.create_all(self.engine, checkfirst=True), "open")
+        self.create()
         self._guard(self._add_score_columns, "upgrade")
 
     def _add_score_columns(self) -> None:
@@ -223,38 +212,10 @@ class FeedbackStore:
 
         return self._guard(read, "read")
 
-    def delete_tenant(self, tenant: str) -> int:
-        """Delete every row of ``tenant`` (erasure); how many there were."""
-        check_tenant_id(tenant)
-
-        def delete():
-            with self.engine.begin() as conn:
-                return conn.execute(self.table.delete().where(self.table.c.tenant == tenant)).rowcount
-
-        return self._guard(delete, "delete from")
-
-    def _guard(self, fn, action: str):
-        import sqlalchemy as sa
-
-        try:
-            return fn()
-        except sa.exc.SQLAlchemyError as exc:
-            logger.error("cannot %s the feedback store at %s: %s", action, redact(self.url), exc)
-            raise FeedbackStoreError(f"cannot {action} the feedback store at {redact(self.url)}: "
-                                     f"{str(exc).splitlines()[0][:300]}; check ATTUNE_KEYS_DB_URL or the "
-                                     "registry's database") from None
-
 
 def erase_feedback(tenant: str, settings) -> dict:
     """The ``attune.erasers`` entry for feedback (see ``cluster._erasure``): idempotent; vacuums SQLite."""
-    check_tenant_id(tenant)
-    url = database_url(settings)
-
-    def delete() -> list[str]:
-        count = FeedbackStore(url).delete_tenant(tenant)
-        return [f"feedback on {count} text(s)"] if count else []
-
-    return erase_rows(url, redact(url), delete)
+    return erase_tenant_rows(FeedbackStore, tenant, database_url(settings), lambda n: f"feedback on {n} text(s)")
 
 
 def _now() -> str:

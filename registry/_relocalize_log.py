@@ -8,32 +8,27 @@ the tenant.
 from __future__ import annotations
 
 import datetime as _dt
-import logging
-from pathlib import Path
 from typing import Optional
 
-from registry._feedback import FeedbackStoreError, database_url
+from registry._feedback import database_url
 from registry._names import check_tenant_id
-from registry._store import erase_rows, redact
+from registry._tables import TenantTable, erase_tenant_rows
 
-logger = logging.getLogger("attune.registry")
 TABLE = "attune_relocalize"
 OUTCOMES = ("running", "promoted", "not promoted", "failed")
 
 
-class RelocalizeLog:
+class RelocalizeLog(TenantTable):
     """The relocalization log behind a SQLAlchemy URL (created on first use)."""
+
+    what = "relocalization log"
 
     def __init__(self, url: str):
         import sqlalchemy as sa
 
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.url = url
-        self.engine = sa.create_engine(url, pool_pre_ping=True)
-        meta = sa.MetaData()
+        super().__init__(url)
         self.table = sa.Table(
-            TABLE, meta,
+            TABLE, self.metadata,
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("tenant", sa.String(64), nullable=False, index=True),
             sa.Column("started_at", sa.String(40), nullable=False),
@@ -44,7 +39,7 @@ class RelocalizeLog:
             sa.Column("feedback_rows", sa.Integer, nullable=True),
             sa.Column("message", sa.Text, nullable=True),
         )
-        self._guard(lambda: meta.create_all(self.engine, checkfirst=True), "open")
+        self.create()
 
     @classmethod
     def from_settings(cls, settings) -> RelocalizeLog:
@@ -91,37 +86,11 @@ class RelocalizeLog:
         """The newest relocalization that ended (promoted or not), or None."""
         return next((r for r in self.runs(tenant, limit=50) if r["outcome"] in ("promoted", "not promoted")), None)
 
-    def delete_tenant(self, tenant: str) -> int:
-        check_tenant_id(tenant)
-
-        def delete() -> int:
-            with self.engine.begin() as conn:
-                return conn.execute(self.table.delete().where(self.table.c.tenant == tenant)).rowcount
-
-        return self._guard(delete, "delete from")
-
-    def _guard(self, fn, action: str):
-        import sqlalchemy as sa
-
-        try:
-            return fn()
-        except sa.exc.SQLAlchemyError as exc:
-            logger.error("cannot %s the relocalization log at %s: %s", action, redact(self.url), exc)
-            raise FeedbackStoreError(f"cannot {action} the relocalization log at {redact(self.url)}: "
-                                     f"{str(exc).splitlines()[0][:300]}; check ATTUNE_KEYS_DB_URL or the "
-                                     "registry's database") from None
-
 
 def erase_relocalize_log(tenant: str, settings) -> dict:
     """The ``attune.erasers`` entry for the relocalization log: idempotent; vacuums SQLite."""
-    check_tenant_id(tenant)
-    url = database_url(settings)
-
-    def delete() -> list[str]:
-        count = RelocalizeLog(url).delete_tenant(tenant)
-        return [f"{count} relocalization record(s)"] if count else []
-
-    return erase_rows(url, redact(url), delete)
+    return erase_tenant_rows(RelocalizeLog, tenant, database_url(settings),
+                             lambda n: f"{n} relocalization record(s)")
 
 
 def now() -> str:
