@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from cluster.cli import main
 from tests.registry_helpers import use_mlflow_store
 from tests.serve_helpers import free_port
+from tests.services.mlflow_server import stop_process_group
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -91,9 +91,4 @@ def test_pyfunc_and_mlflow_models_serve_answer_as_attune_predict(tiny_base, tmp_
         for mine, remote in zip(ours, served):
             assert remote["scores"] == pytest.approx(mine["scores"], abs=1e-5)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        stop_process_group(proc, grace_s=15)

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import Iterator, Optional
 import pytest
 
 from tests.registry_helpers import fake_model_dir, record, sqlite_registry
+from tests.services.mlflow_server import stop_process_group
 from tests.services.s3 import _free_ports
 from tests.waiting import wait_for
 
@@ -105,12 +105,7 @@ def _running_ui(root: Path) -> Iterator[SimpleNamespace]:
                  "the MLflow UI to answer /health")
         yield SimpleNamespace(base=base, proc=proc, home=home, **built)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        stop_process_group(proc, grace_s=15)
 
 
 @pytest.fixture(scope="module")
