@@ -10,10 +10,11 @@ the registry checks it at registration and wraps it as an MLflow Model (``regist
                   + config.json                          the classifier's config (the base's weights are not here)
     MLmodel, python_env.yaml, ...    added at registration: the version is an MLflow Model (pyfunc)
 
-A classifier over a BERT-family base mean-pools the token states over the attention mask before its
-head (how all-MiniLM-L6-v2 was trained); its ``config.json`` says ``model_type:
-attune_mean_pool_bert``, a type plain ``transformers`` does not know, so loading the directory with
-``AutoModelForSequenceClassification`` fails instead of silently scoring with BERT's untrained [CLS]
+A classifier over a mean-pooled base (a BERT-family base such as all-MiniLM-L6-v2, or an MPNet such as
+all-mpnet-base-v2, as their sentence-transformers pooling says) mean-pools the token states over the
+attention mask before its head; its ``config.json`` says ``model_type: attune_mean_pool_bert`` (or
+``attune_mean_pool_mpnet``), a type plain ``transformers`` does not know, so loading the directory with
+``AutoModelForSequenceClassification`` fails instead of silently scoring with an untrained first-token
 pooler. (Exports of earlier attune versions say ``bert``; attune loads both as mean-pooled.) The
 scores are ``softmax(logits / T)`` with the version's temperature ``T``, rounded to 6 places.
 
@@ -99,7 +100,8 @@ def mean_pool_architecture(family: str) -> str:
 
 
 def is_mean_pooled(model_dir: Path) -> bool:
-    """Whether the classifier (or base) in ``model_dir`` is a BERT whose head reads mean-pooled token states."""
+    """Whether the classifier (or base) in ``model_dir`` reads mean-pooled token states (a BERT or MPNet family
+    base, see :func:`mean_pool_family`)."""
     return mean_pool_family(model_dir) is not None
 
 
@@ -170,8 +172,9 @@ def mean_pool(hidden, attention_mask):
 @dataclass
 class LoraAdapter:
     """A ``method: lora`` export's adapter, parsed: ``layers`` maps a module path of the base encoder
-    (``encoder.layer.0.attention.self.query``) to ``(A, B)``, ``A`` in x r and ``B`` r x out with the
-    adapter's scaling folded in; the head's ``weight`` (labels, hidden) and ``bias`` (labels,)."""
+    (BERT: ``encoder.layer.0.attention.self.query``, MPNet: ``encoder.layer.0.attention.attn.q``) to
+    ``(A, B)``, ``A`` in x r and ``B`` r x out with the adapter's scaling folded in; the head's ``weight``
+    (labels, hidden) and ``bias`` (labels,)."""
 
     layers: dict
     head_weight: object
@@ -213,7 +216,11 @@ def read_lora_adapter(model_dir: Path) -> LoraAdapter:
 
 
 def _split(weights: dict) -> tuple[dict, dict]:
-    """PEFT's saved keys -> ({module path: {"A", "B"}}, head ``weight``/``bias``)."""
+    """PEFT's saved keys -> ({module path in the encoder: {"A", "B"}}, head ``weight``/``bias``).
+
+    attune's mean-pooled classifiers hold their encoder under their family's name (``bert.``, ``mpnet.``:
+    transformers' ``base_model_prefix``), so a key such as ``base_model.model.mpnet.encoder.layer.0.attention.
+    attn.q.lora_A.weight`` is the pair of ``encoder.layer.0.attention.attn.q`` of the base encoder."""
     pairs: dict[str, dict] = {}
     head = {}
     for key, value in weights.items():
@@ -221,7 +228,9 @@ def _split(weights: dict) -> tuple[dict, dict]:
         if short.startswith("classifier."):
             head[short.rsplit(".", 1)[-1]] = value
             continue
-        short = short.removeprefix("bert.")
+        owner, _, inner = short.partition(".")
+        if owner in MEAN_POOL_TYPES:
+            short = inner
         for which in ("A", "B"):
             marker = f".lora_{which}."
             if marker in short:

@@ -1,7 +1,8 @@
 """A replica's tenant models: loaded once, pinned while in use, evicted least recently used first.
 
-LoRA tenants live in :class:`serve._lora.LoraBank` slots, one bank per base, and share a budget in
-bytes (``model.adapter_cache_mib``); full models are bounded by count (``model.max_models_per_replica``).
+LoRA tenants live in :class:`serve._lora.LoraBank` slots, one bank per base directory (a replica may
+hold MiniLM's and MPNet's side by side), and share a budget in bytes (``model.adapter_cache_mib``);
+full models are bounded by count (``model.max_models_per_replica``).
 
 Never mixing weights: a request *pins* its model from the moment it is resolved until its batch
 has run. A pinned model is never evicted; a model that must make room for another waits for a
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from registry import max_seq_len as manifest_max_seq_len
-from serve._artifacts import model_type, read_lora_adapter, read_manifest, resolve_base
+from serve._artifacts import read_lora_adapter, read_manifest, resolve_base
 from serve._backoff import LoadBackoff
 from serve._errors import ModelUnavailableError
 
@@ -214,10 +215,7 @@ class ModelCache:
         base_dir = resolve_base(base)
         with self._banks_lock:
             bank = self.banks.get(str(base_dir))
-            if bank is None:
-                if model_type(base_dir) != "bert":
-                    raise ModelUnavailableError(f"LoRA serving needs a BERT-family base; {base!r} is "
-                                                f"{model_type(base_dir)!r}")
+            if bank is None:  # LoraBank refuses a base that is not mean-pooled (serve._lora.load_encoder)
                 bank = self.banks[str(base_dir)] = LoraBank(base_dir, self.device)
         return bank
 

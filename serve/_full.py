@@ -11,8 +11,8 @@ from serve._lora import encode
 
 class FullModel:
     """A full Hugging Face checkpoint, loaded by the artifact contract's class (``registry.classifier_class``):
-    BERT-family models mean-pool token states over the attention mask before the head, as ``attune
-    finetune`` trained them; others use their own classification head."""
+    attune's BERT and MPNet classifiers mean-pool token states over the attention mask before the head, as
+    ``attune finetune`` trained them; others use their own classification head."""
 
     def __init__(self, model_dir: Path, device: str = "cpu"):
         from transformers import AutoTokenizer

@@ -10,6 +10,10 @@ and S-LoRA), whatever the number of distinct tenants in the batch. PEFT's mixed-
 batches, where most rows are of different tenants, that loop cost more than the encoder itself
 (``tests/benchmarks/lora_batching.py``, figures in ``docs/benchmarks.md``).
 
+A bank holds any base whose classifier mean-pools (``registry.is_mean_pooled``: MiniLM and other BERTs,
+all-mpnet-base-v2), with the encoder that classifier holds (:func:`load_encoder`); a replica keeps one
+bank per base directory (``serve._cache``), and a batch runs one pass per bank (``serve._batch``).
+
 Adapters of different ranks or targets share a bank: the bank's rank is the largest loaded,
 smaller ones are zero-padded (exactly the same result), and a module only some tenants target
 holds zeros for the others. Slots are fixed-size, so the memory of ``n`` adapters is ``n`` times
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from registry import mean_pool
+from registry import is_mean_pooled, mean_pool, model_type
 from serve._artifacts import LoraAdapter
 from serve._errors import ModelUnavailableError
 
@@ -36,11 +40,11 @@ class LoraBank:
     """One base encoder and the LoRA tenants on it (see the module doc). Thread-safe."""
 
     def __init__(self, base_dir: Path, device: str = "cpu"):
-        from transformers import AutoTokenizer, BertModel
+        from transformers import AutoTokenizer
 
         self.base_dir = Path(base_dir)
         self.device = device
-        self.encoder = BertModel.from_pretrained(str(base_dir), add_pooling_layer=False).to(device).eval()
+        self.encoder = load_encoder(self.base_dir).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         self.hidden = int(self.encoder.config.hidden_size)
         self.lock = threading.RLock()
@@ -165,6 +169,26 @@ class LoraBank:
             pooled = mean_pool(hidden, mask.to(self.device))
             logits = torch.bmm(self.head_weight[index], pooled.unsqueeze(-1)).squeeze(-1) + self.head_bias[index]
         return list(logits.float().cpu().numpy())
+
+
+def load_encoder(base_dir: Path) -> nn.Module:
+    """The encoder that attune's mean-pooled classifier of ``base_dir`` holds (``registry.classifier_class``:
+    ``BertModel`` for BERT, ``MPNetModel`` for MPNet), without the [CLS] pooler its head never reads; LoRA
+    module paths are relative to it. :class:`ModelUnavailableError` for a base that is not mean-pooled."""
+    from transformers import AutoModel
+
+    if not is_mean_pooled(base_dir):
+        raise ModelUnavailableError(
+            f"LoRA serving needs a mean-pooled base (BERT, or MPNet with mean pooling in its 1_Pooling/config.json); "
+            f"base {base_dir} is {model_type(base_dir)!r} without mean pooling: serve this tenant as a full "
+            "fine-tune (`attune finetune --method full`), or train its adapter on --base minilm or mpnet")
+    try:
+        return AutoModel.from_pretrained(str(base_dir), add_pooling_layer=False)
+    except (OSError, TypeError, ValueError) as exc:  # transformers' messages can list every model type
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelUnavailableError(f"cannot load the encoder of LoRA base {base_dir} ({reason}); a LoRA base is a "
+                                    "Hugging Face encoder directory such as minilm or mpnet, not a classifier "
+                                    "export") from None
 
 
 class GatheredLora(nn.Module):

@@ -25,6 +25,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 NO_CUDA_REASON = "needs CUDA; no GPU on this machine"
+# The named bases the developer installed (`attune bases install mpnet`), read before any test points
+# ATTUNE_HOME at a temporary folder; tests marked ``mpnet`` use that base and are skipped without it.
+INSTALLED_BASES_DIR = Path(os.environ.get("ATTUNE_BASES_DIR") or Path(os.environ.get("ATTUNE_HOME", ".attune"))
+                           / "bases").resolve()
+NO_MPNET_REASON = (f"needs the mpnet base, not installed in {INSTALLED_BASES_DIR}; run `attune bases install mpnet` "
+                   "(or set ATTUNE_BASES_DIR to where it is)")
 
 
 @functools.cache
@@ -36,12 +42,24 @@ def cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip every test marked ``gpu`` when there is no CUDA device (torch is imported only if one is collected)."""
+    """Skip every test marked ``gpu`` when there is no CUDA device (torch is imported only if one is collected),
+    and every test marked ``mpnet`` when that base is not installed."""
     gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
     if gpu_items and not cuda_available():
         skip = pytest.mark.skip(reason=NO_CUDA_REASON)
         for item in gpu_items:
             item.add_marker(skip)
+    mpnet_items = [item for item in items if item.get_closest_marker("mpnet") is not None]
+    if mpnet_items and not mpnet_installed():
+        skip = pytest.mark.skip(reason=NO_MPNET_REASON)
+        for item in mpnet_items:
+            item.add_marker(skip)
+
+
+def mpnet_installed() -> bool:
+    from train._bases import installed_path
+
+    return installed_path("mpnet", INSTALLED_BASES_DIR) is not None
 
 
 def make_tiny_base(directory: Path) -> Path:

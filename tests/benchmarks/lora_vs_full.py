@@ -57,7 +57,7 @@ def main() -> None:
         return
     home = Path(tempfile.mkdtemp(prefix="attune-lora-vs-full-"))
     env = {**os.environ, "ATTUNE_HOME": str(home), "ATTUNE_LOG_LEVEL": "WARNING"}
-    data = json.loads(_attune(env, "data", "demo", "--out", str(home / "data"))[-1])["files"]
+    data = json.loads(attune(env, "data", "demo", "--out", str(home / "data"))[-1])["files"]
     runs = []
     for tenant in args.tenants:
         if tenant not in data:
@@ -71,7 +71,7 @@ def main() -> None:
     _report(runs)
 
 
-def _attune(env: dict, *argv: str) -> list[str]:
+def attune(env: dict, *argv: str) -> list[str]:
     proc = subprocess.run([sys.executable, "-m", "cluster.cli", *argv, "--json"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -80,14 +80,14 @@ def _attune(env: dict, *argv: str) -> list[str]:
 
 
 def _run(env: dict, tenant: str, data: str, method: str, seed: int) -> dict:
-    summary = json.loads(_attune(env, "finetune", "--tenant", tenant, "--data", data, "--method", method,
+    summary = json.loads(attune(env, "finetune", "--tenant", tenant, "--data", data, "--method", method,
                                  "--seed", str(seed), "--no-promote")[-1])
     m = summary["metrics"]
     row = {"tenant": tenant, "method": method, "seed": seed, "test_accuracy": m["test_accuracy"],
            "test_macro_f1": m["test_macro_f1"], "ece_before": m["ece_before"], "ece_after": m["ece_after"],
            "epochs_run": m["epochs_run"], "train_seconds": summary["train_seconds"]}
     if tenant in RULES:
-        predictions = json.loads(_attune(env, "predict", "--model", summary["model_dir"],
+        predictions = json.loads(attune(env, "predict", "--model", summary["model_dir"],
                                          *[a for text, _ in NEW_PHRASINGS for a in ("--text", text)])[-1])
         row["new_phrasings"] = sum(p["label"] == RULES[tenant][move] for p, (_, move)
                                    in zip(predictions["predictions"], NEW_PHRASINGS)) / len(NEW_PHRASINGS)

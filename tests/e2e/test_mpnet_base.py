@@ -1,0 +1,85 @@
+"""The installed mpnet base, end to end: `attune finetune --base mpnet` (full and LoRA), predict, serving's
+model classes and the MLflow model all answer alike.
+
+Marked ``mpnet``: skipped unless `attune bases install mpnet` has put the base in the developer's
+``ATTUNE_BASES_DIR`` (the suite never downloads it). Each fine-tune is small (96 of john's rows, one
+epoch, 32 tokens, one worker): the test checks that every path takes the MPNet base, not its accuracy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import INSTALLED_BASES_DIR, REPO_ROOT
+from tests.registry_helpers import use_mlflow_store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mpnet]
+TEXTS = ["gold is up 150% in after-hours trading", "gold futures tumble 3% on profit-taking",
+         "Barrick Gold names new chief financial officer"]
+
+
+def _attune(env: dict, *argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *argv, "--json"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def mpnet_tenants(demo_dir, tmp_path_factory):
+    """john fine-tuned on mpnet with each method: {method: finetune summary}, and the env that made them."""
+    home = tmp_path_factory.mktemp("mpnet-home")
+    env = {**os.environ, "ATTUNE_HOME": str(home), "ATTUNE_BASES_DIR": str(INSTALLED_BASES_DIR),
+           "ATTUNE_LOG_LEVEL": "WARNING"}
+    runs = {}
+    for method in ("full", "lora"):
+        runs[method] = _attune(env, "finetune", "--tenant", f"john-{method}", "--data", str(demo_dir / "john.jsonl"),
+                               "--base", "mpnet", "--method", method, "--epochs", "1", "--max-train-rows", "96",
+                               "--max-seq-len", "32", "--workers", "1", "--zero-stage", "0", "--no-promote")
+    return runs, env, home
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_tenants, method, monkeypatch):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from registry import mean_pool_family, read_lora_adapter, read_manifest, resolve_base, scores
+    from serve._full import FullModel
+    from serve._lora import LoraBank
+
+    runs, env, home = mpnet_tenants
+    summary = runs[method]
+    model_dir = Path(summary["model_dir"])
+    manifest = read_manifest(model_dir)
+    assert (manifest["base"], manifest["method"]) == ("mpnet", method)
+    base_dir = resolve_base("mpnet", None) if method == "lora" else model_dir
+    assert mean_pool_family(base_dir) == "mpnet"  # pooled as the base's sentence-transformers config says
+
+    predicted = _attune(env, "predict", "--model", str(model_dir), *[a for t in TEXTS for a in ("--text", t)])
+    ours = predicted["predictions"]
+
+    if method == "full":
+        logits = FullModel(model_dir).logits(TEXTS, [32] * len(TEXTS))
+    else:
+        monkeypatch.setenv("ATTUNE_BASES_DIR", str(INSTALLED_BASES_DIR))
+        bank = LoraBank(resolve_base(manifest["base"]))
+        slot = bank.add(read_lora_adapter(model_dir))
+        logits = bank.logits([slot] * len(TEXTS), TEXTS, [32] * len(TEXTS))
+    served = [scores(row, manifest["labels"], manifest["temperature"]) for row in logits]
+    assert [s["label"] for s in served] == [p["label"] for p in ours]
+    for mine, theirs in zip(ours, served):
+        assert theirs["scores"] == pytest.approx(mine["scores"], abs=1e-4)
+
+    use_mlflow_store(monkeypatch, f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    monkeypatch.setenv("ATTUNE_BASES_DIR", str(INSTALLED_BASES_DIR))
+    loaded = mlflow.pyfunc.load_model(f"models:/tenant.john-{method}/{summary['model_version']}")
+    pyfunc = loaded.predict(pd.DataFrame({"text": TEXTS})).to_dict("records")
+    assert [p["label"] for p in pyfunc] == [p["label"] for p in ours]
+    for mine, theirs in zip(ours, pyfunc):
+        assert theirs["scores"] == pytest.approx(mine["scores"], abs=1e-4)
