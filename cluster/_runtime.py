@@ -63,6 +63,10 @@ def _runtime_env(settings: Settings) -> dict:
     env: dict = {"env_vars": _job_env(local=local)}
     if local:
         env["worker_process_setup_hook"] = SETUP_HOOK
+        # One machine: the workers see the driver's files but not its working directory (Ray Train runs
+        # them in its own), where the default relative ATTUNE_HOME would name another folder; so they get
+        # the named bases' folder (`attune bases install`) as an absolute path.
+        env["env_vars"]["ATTUNE_BASES_DIR"] = str(settings.bases_dir)
     return env
 
 

@@ -19,6 +19,16 @@ def test_local_runs_install_the_hook_and_remote_clusters_do_not(tmp_path):
     assert getattr(importlib.import_module(module), func) is _worker_setup.point_state_api_at_own_cluster
 
 
+def test_local_workers_get_the_named_bases_folder_as_an_absolute_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default ATTUNE_HOME (.attune) is relative to the driver's directory
+    local = _runtime_env(get_settings(environ={}))
+    assert local["env_vars"]["ATTUNE_BASES_DIR"] == str(tmp_path.resolve() / ".attune" / "bases")
+    chosen = _runtime_env(get_settings(environ={"ATTUNE_BASES_DIR": "shared-bases"}))
+    assert chosen["env_vars"]["ATTUNE_BASES_DIR"] == str(tmp_path.resolve() / "shared-bases")
+    remote = _runtime_env(get_settings(environ={"RAY_ADDRESS": "10.0.0.5:6379"}))
+    assert "ATTUNE_BASES_DIR" not in remote["env_vars"]  # other nodes: their own settings
+
+
 def test_the_hook_sets_the_clusters_dashboard_over_an_inherited_one(monkeypatch):
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:1111")  # another Ray's, from the driver
     monkeypatch.setattr(_worker_setup, "own_api_server_url", lambda: "http://127.0.0.1:8266")
