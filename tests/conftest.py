@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def make_tiny_base(directory: Path) -> Path:
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(directory))
     tokenizer.save_pretrained(str(directory))
+    return directory
+
+
+def make_tiny_mpnet(directory: Path, mean: bool = True) -> Path:
+    """A randomly initialised 2-layer MPNet with MiniLM's tokenizer and a sentence-transformers pooling
+    config (mean pooling, as all-mpnet-base-v2's; ``mean=False``: [CLS] pooling)."""
+    import torch
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    from train import resolve_base
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("minilm")))
+    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(1)
+    MPNetModel(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    (directory / "1_Pooling").mkdir()
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": mean, "pooling_mode_cls_token": not mean}))
     return directory
 
 

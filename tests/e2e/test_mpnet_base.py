@@ -23,25 +23,32 @@ TEXTS = ["gold is up 150% in after-hours trading", "gold futures tumble 3% on pr
          "Barrick Gold names new chief financial officer"]
 
 
-def _attune(env: dict, *argv: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *argv, "--json"], cwd=REPO_ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+def _attune(env: dict, cwd: Path, *argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", *argv, "--json"], cwd=cwd,
+                          env={**env, "PYTHONPATH": str(REPO_ROOT)}, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
 def mpnet_tenants(demo_dir, tmp_path_factory):
-    """john fine-tuned on mpnet with each method: {method: finetune summary}, and the env that made them."""
-    home = tmp_path_factory.mktemp("mpnet-home")
-    env = {**os.environ, "ATTUNE_HOME": str(home), "ATTUNE_BASES_DIR": str(INSTALLED_BASES_DIR),
-           "ATTUNE_LOG_LEVEL": "WARNING"}
+    """john fine-tuned on mpnet with each method: {method: finetune summary}, the env and folder that made them.
+
+    As a user's checkout has it: the default ATTUNE_HOME (``.attune``, relative to the working directory)
+    with the base in its ``bases/mpnet`` (here a link to the installed one), no ATTUNE_BASES_DIR."""
+    work = tmp_path_factory.mktemp("mpnet-work")
+    home = work / ".attune"
+    (home / "bases").mkdir(parents=True)
+    (home / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
+    env["ATTUNE_LOG_LEVEL"] = "WARNING"
     runs = {}
     for method in ("full", "lora"):
-        runs[method] = _attune(env, "finetune", "--tenant", f"john-{method}", "--data", str(demo_dir / "john.jsonl"),
-                               "--base", "mpnet", "--method", method, "--epochs", "1", "--max-train-rows", "96",
-                               "--max-seq-len", "32", "--workers", "1", "--zero-stage", "0", "--no-promote")
-    return runs, env, home
+        runs[method] = _attune(env, work, "finetune", "--tenant", f"john-{method}", "--data",
+                               str(demo_dir / "john.jsonl"), "--base", "mpnet", "--method", method,
+                               "--epochs", "1", "--max-train-rows", "96", "--max-seq-len", "32",
+                               "--workers", "1", "--zero-stage", "0", "--no-promote")
+    return runs, env, work
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
@@ -53,7 +60,9 @@ def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_ten
     from serve._full import FullModel
     from serve._lora import LoraBank
 
-    runs, env, home = mpnet_tenants
+    runs, env, work = mpnet_tenants
+    home = work / ".attune"
+    monkeypatch.setenv("ATTUNE_BASES_DIR", str(INSTALLED_BASES_DIR))  # this process resolves the base too
     summary = runs[method]
     model_dir = Path(summary["model_dir"])
     manifest = read_manifest(model_dir)
@@ -61,13 +70,12 @@ def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_ten
     base_dir = resolve_base("mpnet", None) if method == "lora" else model_dir
     assert mean_pool_family(base_dir) == "mpnet"  # pooled as the base's sentence-transformers config says
 
-    predicted = _attune(env, "predict", "--model", str(model_dir), *[a for t in TEXTS for a in ("--text", t)])
+    predicted = _attune(env, work, "predict", "--model", str(model_dir), *[a for t in TEXTS for a in ("--text", t)])
     ours = predicted["predictions"]
 
     if method == "full":
         logits = FullModel(model_dir).logits(TEXTS, [32] * len(TEXTS))
     else:
-        monkeypatch.setenv("ATTUNE_BASES_DIR", str(INSTALLED_BASES_DIR))
         bank = LoraBank(resolve_base(manifest["base"]))
         slot = bank.add(read_lora_adapter(model_dir))
         logits = bank.logits([slot] * len(TEXTS), TEXTS, [32] * len(TEXTS))
@@ -77,9 +85,44 @@ def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_ten
         assert theirs["scores"] == pytest.approx(mine["scores"], abs=1e-4)
 
     use_mlflow_store(monkeypatch, f"sqlite:///{(home / 'mlflow.db').resolve()}")
-    monkeypatch.setenv("ATTUNE_BASES_DIR", str(INSTALLED_BASES_DIR))
     loaded = mlflow.pyfunc.load_model(f"models:/tenant.john-{method}/{summary['model_version']}")
     pyfunc = loaded.predict(pd.DataFrame({"text": TEXTS})).to_dict("records")
     assert [p["label"] for p in pyfunc] == [p["label"] for p in ours]
     for mine, theirs in zip(ours, pyfunc):
         assert theirs["scores"] == pytest.approx(mine["scores"], abs=1e-4)
+
+
+def test_pretraining_from_mpnet_exports_a_mean_pooled_mpnet(demo_dir, tmp_path):
+    """`attune pretrain --init mpnet` continues MPNet with a masked-LM head, and its export keeps the base's
+    mean pooling, so `--base <export>` fine-tunes a mean-pooled MPNet classifier."""
+    from registry import mean_pool_family
+
+    (tmp_path / ".attune" / "bases").mkdir(parents=True)
+    (tmp_path / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    corpus = tmp_path / "headlines.txt"
+    rows = (demo_dir / "john.jsonl").read_text().splitlines()
+    corpus.write_text("\n".join(json.loads(line)["text"] for line in rows))
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
+    summary = _attune(env, tmp_path, "pretrain", "--name", "mpnet-headlines", "--corpus", str(corpus),
+                      "--init", "mpnet", "--max-steps", "2", "--eval-every", "2", "--seq-len", "32",
+                      "--batch-size", "4", "--workers", "1", "--zero-stage", "0", "--no-track")
+    export = Path(summary["model_dir"])
+    assert json.loads((export / "config.json").read_text())["model_type"] == "mpnet"
+    assert mean_pool_family(export) == "mpnet"
+
+
+def test_tuning_on_mpnet_exports_its_best_trial_on_mpnet(demo_dir, tmp_path):
+    """`attune tune --base mpnet`: the trials (Ray Train workers in their own directories) find the installed
+    base, and the best trial's export is an MPNet tenant."""
+    from registry import read_manifest
+
+    (tmp_path / ".attune" / "bases").mkdir(parents=True)
+    (tmp_path / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: 5.0e-5\nbatch_size: 16\nepochs: 1\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
+    summary = _attune(env, tmp_path, "tune", "--tenant", "john-tuned", "--data", str(demo_dir / "john.jsonl"),
+                      "--base", "mpnet", "--space", str(space), "--trials", "1", "--workers", "1",
+                      "--max-seq-len", "32", "--max-train-rows", "64", "--no-promote")
+    manifest = read_manifest(Path(summary["model_dir"]))
+    assert (manifest["base"], manifest["tenant"]) == ("mpnet", "john-tuned")

@@ -65,3 +65,23 @@ def test_minilm_gets_a_fresh_tied_mlm_head_and_keeps_its_encoder():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     assert torch.equal(model.bert.encoder.layer[5].output.dense.weight, encoder.encoder.layer[5].output.dense.weight)
     assert model.config.vocab_size == 30522 and model.config.num_hidden_layers == 6
+
+
+def test_continuing_an_mpnet_keeps_its_mean_pooling_in_the_export(tmp_path):
+    """`attune pretrain --init mpnet`: MPNet gets a masked-LM head, and the export keeps the base's
+    sentence-transformers pooling rule, so a tenant fine-tuned from it is mean-pooled like one on mpnet."""
+    from registry import mean_pool_family
+    from tests.conftest import make_tiny_mpnet
+    from train.pretrain.export import keep_pooling
+
+    base = make_tiny_mpnet(tmp_path / "base")
+    model = load_mlm_model(base)
+    assert type(model).__name__ == "MPNetForMaskedLM" and model.attune_new_head
+    out = tmp_path / "export"
+    model.save_pretrained(str(out))
+    assert mean_pool_family(out) is None  # without the rule: transformers' first-token MPNet head
+    assert keep_pooling(base, out)
+    assert mean_pool_family(out) == "mpnet"
+    (tmp_path / "no-rule").mkdir()
+    assert not keep_pooling(tmp_path / "no-rule", tmp_path / "other")  # a base without a rule: nothing to copy
+    assert not (tmp_path / "other").exists()

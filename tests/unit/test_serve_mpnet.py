@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import shutil
 from pathlib import Path
 
@@ -17,30 +16,11 @@ from serve._backoff import LoadBackoff
 from serve._batch import Request, run_batch
 from serve._cache import ModelCache
 from serve._errors import ModelUnavailableError
+from tests.conftest import make_tiny_mpnet
 from tests.serve_helpers import LABELS, random_lora_export
 
 TEXTS = ["gold is up 150% in after-hours trading", "oil slumps", "a much longer headline about rates " * 4]
 THREE = ("bearish", "bullish", "neutral")
-
-
-def make_tiny_mpnet(directory: Path, mean: bool = True) -> Path:
-    """A randomly initialised 2-layer MPNet with MiniLM's tokenizer and a sentence-transformers pooling
-    config (mean pooling, as all-mpnet-base-v2's; ``mean=False``: [CLS] pooling)."""
-    import torch
-    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
-
-    from train import resolve_base
-
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_base("minilm")))
-    config = MPNetConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=37, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(1)
-    MPNetModel(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    (directory / "1_Pooling").mkdir()
-    (directory / "1_Pooling" / "config.json").write_text(json.dumps(
-        {"word_embedding_dimension": 32, "pooling_mode_mean_tokens": mean, "pooling_mode_cls_token": not mean}))
-    return directory
 
 
 @pytest.fixture(scope="module")

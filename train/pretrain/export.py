@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
+from typing import Optional
 
 from cluster import attune_version
 from train._manifest import write_manifest
 from train.pretrain.config import PretrainConfig
 
 METRICS_FILE = "metrics.jsonl"
+POOLING_DIR = "1_Pooling"  # a sentence-transformers model's pooling rule (registry.mean_pool_family reads it)
 
 
 def build_pretrain_manifest(cfg: PretrainConfig, summary: dict, corpus_hash: str) -> dict:
@@ -45,14 +48,29 @@ def build_pretrain_manifest(cfg: PretrainConfig, summary: dict, corpus_hash: str
     }
 
 
-def write_export(out_dir: Path, model, tokenizer, cfg: PretrainConfig, summary: dict, corpus_hash: str) -> Path:
-    """Write the model, its tokenizer, ``attune.json`` and ``metrics.jsonl`` into ``out_dir``."""
+def write_export(out_dir: Path, model, tokenizer, cfg: PretrainConfig, summary: dict, corpus_hash: str,
+                 init_dir: Optional[Path] = None) -> Path:
+    """Write the model, its tokenizer, ``attune.json`` and ``metrics.jsonl`` into ``out_dir``; with ``init_dir``
+    (``--init``'s folder), also its pooling rule (:func:`keep_pooling`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
+    if init_dir is not None:
+        keep_pooling(Path(init_dir), out_dir)
     manifest = build_pretrain_manifest(cfg, summary, corpus_hash)
     write_manifest(out_dir, manifest)
     with open(out_dir / METRICS_FILE, "w") as handle:
         for row in summary["history"]:
             handle.write(json.dumps(row) + "\n")
     return out_dir
+
+
+def keep_pooling(init_dir: Path, out_dir: Path) -> bool:
+    """Copy ``--init``'s sentence-transformers pooling rule (``1_Pooling/``) into the export, so a tenant
+    fine-tuned from it pools as the base did (all-mpnet-base-v2: mean pooling; without the rule an MPNet
+    would get transformers' first-token head). True when there was one to copy."""
+    source = Path(init_dir) / POOLING_DIR
+    if not source.is_dir():
+        return False
+    shutil.copytree(source, Path(out_dir) / POOLING_DIR, dirs_exist_ok=True)
+    return True

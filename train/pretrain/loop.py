@@ -298,6 +298,7 @@ def _export(engine, cfg: PretrainConfig, rank: int, world: int, tokenizer, state
     """All ranks gather the weights; rank 0 writes the Hugging Face directory, manifest and metrics."""
     from transformers import AutoModelForMaskedLM
 
+    from train._base import resolve_base
     from train.pretrain.export import write_export
     from train.pretrain.mlm_head import unwrap_state_dict
 
@@ -311,7 +312,8 @@ def _export(engine, cfg: PretrainConfig, rank: int, world: int, tokenizer, state
     model.load_state_dict(unwrap_state_dict(full))
     summary = _summary(cfg, world, state, engine, model, shards)
     root = Path(tempfile.mkdtemp(prefix="attune-export-"))
-    write_export(root / "model", model, tokenizer, cfg, summary, loop_config["corpus_hash"])
+    init_dir = None if cfg.init is None else resolve_base(cfg.init)
+    write_export(root / "model", model, tokenizer, cfg, summary, loop_config["corpus_hash"], init_dir=init_dir)
     (root / ds._STATE).write_text(json.dumps({**state, "summary": summary}))
     return _report_export(root, rank, summary)
 
