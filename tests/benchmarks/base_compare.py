@@ -18,7 +18,7 @@ epoch (the run's ``train_seconds`` over its epochs).
 in this process with the small-data recipe attune picks for N rows (``train.finetune.crossval.recipe_for``)
 and scored on newsdesk's whole test split, as ``tests.benchmarks.few_labels`` does.
 
-**Serving.** For each tenant export of the first tenant (john, unless ``--tenants`` says otherwise),
+**Serving.** For each export of one tenant (``--serving-tenant``, default john),
 what one replica (1 torch thread) pays for it: p50/p95 latency of one headline and of a batch of 16,
 through serve's own model classes (a full model: ``serve._full.FullModel``; a LoRA tenant: a slot of
 ``serve._lora.LoraBank``), without HTTP; and its memory: a full model's parameters, or a LoRA
@@ -56,6 +56,7 @@ def parse_args():
     parser.add_argument("--labels", type=int, nargs="*", default=[200, 500],
                         help="newsdesk few-label sizes (none: skip that part)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--serving-tenant", default="john", help="whose exports the serving measure loads")
     parser.add_argument("--serving-repeats", type=int, default=30)
     parser.add_argument("--no-serving", action="store_true", help="skip the serving measure")
     parser.add_argument("--serving-from", nargs="+", type=Path, default=None,
@@ -196,9 +197,8 @@ def serving(runs: list[dict], args) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)  # as a replica with one CPU
-    first = runs[0]["tenant"] if runs else None
     out = []
-    for run in (r for r in runs if r["tenant"] == first):
+    for run in (r for r in runs if r["tenant"] == args.serving_tenant):
         row = {"tenant": run["tenant"], "base": run["base"], "method": run["method"]}
         row.update(measure(Path(run["model_dir"]), run["method"], args.serving_repeats))
         out.append(row)

@@ -119,10 +119,10 @@ def test_tuning_on_mpnet_exports_its_best_trial_on_mpnet(demo_dir, tmp_path):
     (tmp_path / ".attune" / "bases").mkdir(parents=True)
     (tmp_path / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
     space = tmp_path / "space.yaml"
-    space.write_text("lr: 5.0e-5\nbatch_size: 16\nepochs: 1\n")
+    space.write_text("lr: {choice: [5.0e-5, 1.0e-4]}\nbatch_size: 16\nepochs: 1\n")
     env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
     summary = _attune(env, tmp_path, "tune", "--tenant", "john-tuned", "--data", str(demo_dir / "john.jsonl"),
                       "--base", "mpnet", "--space", str(space), "--trials", "1", "--workers", "1",
-                      "--max-seq-len", "32", "--max-train-rows", "64", "--no-promote")
+                      "--max-seq-len", "32", "--max-train-rows", "64", "--scheduler", "fifo", "--no-promote")
     manifest = read_manifest(Path(summary["model_dir"]))
     assert (manifest["base"], manifest["tenant"]) == ("mpnet", "john-tuned")
