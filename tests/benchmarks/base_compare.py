@@ -160,19 +160,13 @@ def few_labels(args, result: dict) -> list[dict]:
     import numpy as np
     import torch
 
-    from tests.benchmarks.domain_adaptation import tenant_data
-    from tests.benchmarks.few_labels import run_cell
+    from tests.benchmarks.few_labels import newsdesk_splits, run_cell
     from train._base import resolve_base
     from train.finetune.crossval import recipe_for
 
     torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory(prefix="attune-few-") as workdir:
-        data = tenant_data(Path(workdir))[1]
-    labels, index = data.labels, data.label_index()
-    train_texts = [e.text for e in data.train]
-    train_y = np.array([index[e.label] for e in data.train])
-    test_texts = [e.text for e in data.test]
-    y_test = np.array([index[e.label] for e in data.test])
+    data, train_texts, train_y, test_texts, y_test = newsdesk_splits()
+    labels = data.labels
     order = np.random.default_rng(args.seed).permutation(len(train_texts))
     cell_args = argparse.Namespace(max_seq_len=48)
     rows = result["few_labels"]

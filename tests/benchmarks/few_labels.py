@@ -122,20 +122,14 @@ def parse_args():
 def main() -> None:
     import torch
 
-    from tests.benchmarks.domain_adaptation import tenant_data
     from train._base import load_tokenizer, resolve_base
     from train._small_data import embed
     from train.finetune.model import build_classifier
 
     args = parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="attune-few-") as workdir:
-        data = tenant_data(Path(workdir))[1]
-    labels, index = data.labels, data.label_index()
-    train_texts = [e.text for e in data.train]
-    train_y = np.array([index[e.label] for e in data.train])
-    test_texts = [e.text for e in data.test]
-    y_test = np.array([index[e.label] for e in data.test])
+    data, train_texts, train_y, test_texts, y_test = newsdesk_splits()
+    labels = data.labels
     base_dir = resolve_base("minilm")
     print(f"newsdesk splits {data.split_counts()}; labels {labels}; test rows {len(test_texts)}", flush=True)
     base_cache = {"model": build_classifier(base_dir, labels), "tokenizer": load_tokenizer(base_dir)}
@@ -165,6 +159,18 @@ def main() -> None:
         shares.append(f"{recipe} {np.mean(scores) / FULL_DATA_MACRO_F1:.1%}")
     print(f"at {at} labels, mean macro-F1 / full-data full fine-tuning ({FULL_DATA_MACRO_F1}): " + ", ".join(shares)
           + " (goal: 90%)")
+
+
+def newsdesk_splits():
+    """newsdesk split by the project's loader: (data, train texts, train label ids, test texts, test label ids)."""
+    from tests.benchmarks.domain_adaptation import tenant_data
+
+    with tempfile.TemporaryDirectory(prefix="attune-few-") as workdir:
+        data = tenant_data(Path(workdir))[1]
+    index = data.label_index()
+    train_y = np.array([index[e.label] for e in data.train])
+    y_test = np.array([index[e.label] for e in data.test])
+    return data, [e.text for e in data.train], train_y, [e.text for e in data.test], y_test
 
 
 def write_json(args, rows: list[dict], test_rows: int) -> None:
