@@ -8,6 +8,7 @@ every registered tenant version is an MLflow Model (``registry._pyfunc``).
 from cluster import lazy_exports
 from registry._artifact import (
     MEAN_POOL_MODEL_TYPE,
+    POOLING_CONFIG,
     LoraAdapter,
     check_model_dir,
     is_mean_pooled,
@@ -98,6 +99,7 @@ __all__ = [
     "mean_pool_family",
     "resolve_base",
     "MEAN_POOL_MODEL_TYPE",
+    "POOLING_CONFIG",
     "LoraAdapter",
     "read_lora_adapter",
     *_LAZY,

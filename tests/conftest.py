@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster import get_settings
 from train import write_jsonl  # noqa: F401  (re-exported for tests)
 
 # The real services' fixtures (PostgreSQL, SeaweedFS S3, mlflow server): started only by the tests that ask.
@@ -28,8 +29,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 NO_CUDA_REASON = "needs CUDA; no GPU on this machine"
 # The named bases the developer installed (`attune bases install mpnet`), read before any test points
 # ATTUNE_HOME at a temporary folder; tests marked ``mpnet`` use that base and are skipped without it.
-INSTALLED_BASES_DIR = Path(os.environ.get("ATTUNE_BASES_DIR") or Path(os.environ.get("ATTUNE_HOME", ".attune"))
-                           / "bases").resolve()
+INSTALLED_BASES_DIR = get_settings().bases_dir
 NO_MPNET_REASON = (f"needs the mpnet base, not installed in {INSTALLED_BASES_DIR}; run `attune bases install mpnet` "
                    "(or set ATTUNE_BASES_DIR to where it is)")
 

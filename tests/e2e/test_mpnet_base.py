@@ -30,6 +30,15 @@ def _attune(env: dict, cwd: Path, *argv: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _checkout(work: Path) -> dict:
+    """``work`` laid out as a user's checkout with mpnet installed: ``.attune/bases/mpnet`` (a link to the
+    installed base) under the default relative ATTUNE_HOME; the environment to run attune there in."""
+    (work / ".attune" / "bases").mkdir(parents=True)
+    (work / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
+    return {**env, "ATTUNE_LOG_LEVEL": "WARNING"}
+
+
 @pytest.fixture(scope="module")
 def mpnet_tenants(demo_dir, tmp_path_factory):
     """john fine-tuned on mpnet with each method: {method: finetune summary}, the env and folder that made them.
@@ -37,11 +46,7 @@ def mpnet_tenants(demo_dir, tmp_path_factory):
     As a user's checkout has it: the default ATTUNE_HOME (``.attune``, relative to the working directory)
     with the base in its ``bases/mpnet`` (here a link to the installed one), no ATTUNE_BASES_DIR."""
     work = tmp_path_factory.mktemp("mpnet-work")
-    home = work / ".attune"
-    (home / "bases").mkdir(parents=True)
-    (home / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
-    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
-    env["ATTUNE_LOG_LEVEL"] = "WARNING"
+    env = _checkout(work)
     runs = {}
     for method in ("full", "lora"):
         runs[method] = _attune(env, work, "finetune", "--tenant", f"john-{method}", "--data",
@@ -97,12 +102,10 @@ def test_pretraining_from_mpnet_exports_a_mean_pooled_mpnet(demo_dir, tmp_path):
     mean pooling, so `--base <export>` fine-tunes a mean-pooled MPNet classifier."""
     from registry import mean_pool_family
 
-    (tmp_path / ".attune" / "bases").mkdir(parents=True)
-    (tmp_path / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    env = _checkout(tmp_path)
     corpus = tmp_path / "headlines.txt"
     rows = (demo_dir / "john.jsonl").read_text().splitlines()
     corpus.write_text("\n".join(json.loads(line)["text"] for line in rows))
-    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
     summary = _attune(env, tmp_path, "pretrain", "--name", "mpnet-headlines", "--corpus", str(corpus),
                       "--init", "mpnet", "--max-steps", "2", "--eval-every", "2", "--seq-len", "32",
                       "--batch-size", "4", "--workers", "1", "--zero-stage", "0", "--no-track")
@@ -116,11 +119,9 @@ def test_tuning_on_mpnet_exports_its_best_trial_on_mpnet(demo_dir, tmp_path):
     base, and the best trial's export is an MPNet tenant."""
     from registry import read_manifest
 
-    (tmp_path / ".attune" / "bases").mkdir(parents=True)
-    (tmp_path / ".attune" / "bases" / "mpnet").symlink_to(INSTALLED_BASES_DIR / "mpnet")
+    env = _checkout(tmp_path)
     space = tmp_path / "space.yaml"
     space.write_text("lr: {choice: [5.0e-5, 1.0e-4]}\nbatch_size: 16\nepochs: 1\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("ATTUNE_HOME", "ATTUNE_BASES_DIR")}
     summary = _attune(env, tmp_path, "tune", "--tenant", "john-tuned", "--data", str(demo_dir / "john.jsonl"),
                       "--base", "mpnet", "--space", str(space), "--trials", "1", "--workers", "1",
                       "--max-seq-len", "32", "--max-train-rows", "64", "--scheduler", "fifo", "--no-promote")

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Optional
 
 from cluster import attune_version
+from registry import POOLING_CONFIG
 from train._manifest import write_manifest
 from train.pretrain.config import PretrainConfig
 
 METRICS_FILE = "metrics.jsonl"
-POOLING_DIR = "1_Pooling"  # a sentence-transformers model's pooling rule (registry.mean_pool_family reads it)
+POOLING_DIR = Path(POOLING_CONFIG).parent.name  # the sentence-transformers pooling rule mean_pool_family reads
 
 
 def build_pretrain_manifest(cfg: PretrainConfig, summary: dict, corpus_hash: str) -> dict:
