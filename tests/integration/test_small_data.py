@@ -6,6 +6,7 @@ measures the recipe on real data.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,21 @@ from train import FinetuneConfig, Predictor, write_jsonl
 from train.finetune.driver import finetune
 
 
-def test_a_sixty_row_tenant_is_cross_validated_and_gated_on_it(ray_session, tiny_base, demo_dir, tmp_path):
+def test_a_sixty_row_tenant_is_cross_validated_and_gated_on_it(ray_session, tiny_base, demo_dir, tmp_path, caplog):
     rows = [json.loads(line) for line in (demo_dir / "john.jsonl").read_text().splitlines()]
     picked: list = []
     for label in ("negative", "neutral", "positive"):
         picked += [r for r in rows if r["label"] == label][:20]
     data = write_jsonl(tmp_path / "few.jsonl", picked)
     settings = get_settings(home=str(tmp_path / "home"), promotion_floor=0.0)
-    summary = finetune(FinetuneConfig(tenant="few", data=str(data), base=str(tiny_base), max_seq_len=24,
-                                      out=tmp_path / "model"), settings=settings)  # default recipe flags
+    with caplog.at_level(logging.INFO, logger="attune"):
+        summary = finetune(FinetuneConfig(tenant="few", data=str(data), base=str(tiny_base), max_seq_len=24,
+                                          out=tmp_path / "model"), settings=settings)  # default recipe flags
 
     metrics = summary["metrics"]
+    shown = caplog.text  # the worker's progress reaches the driver: one line per fit
+    assert all(f"fold {k}/5: fitting lp-ft on " in shown for k in range(1, 6))
+    assert "fit 6/6: lp-ft on all 60 rows" in shown
     assert metrics["evaluation"] == "cross-validation" and metrics["cv_folds"] == 5 and metrics["cv_rows"] == 60
     assert metrics["cv_macro_f1_ci_low"] <= metrics["cv_macro_f1"] <= metrics["cv_macro_f1_ci_high"]
     assert metrics["cv_macro_f1_ci_high"] - metrics["cv_macro_f1_ci_low"] > 0.05  # 60 rows: a wide interval

@@ -15,9 +15,11 @@ the default recipe flags, takes this path automatically (:func:`small_data_recip
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -85,7 +87,10 @@ def run_small_data(config, settings, dataset, *, run_name: str, progress_file: O
     recipe = recipe_for(len(all_rows(dataset)))
     loop_config = {"finetune": config.model_dump(mode="json"), "recipe": recipe,
                    "data": {"labels": dataset.labels, "rows": [(e.text, index[e.label]) for e in all_rows(dataset)],
-                            "data_hash": dataset.data_hash, "split_counts": dataset.split_counts()}}
+                            "data_hash": dataset.data_hash, "split_counts": dataset.split_counts()},
+                   "log_level": settings.log_level}
+    if progress_file is not None:  # the worker's attune lines (one per fit) reach the driver's terminal
+        loop_config["progress_file"] = str(progress_file)
     storage = Path(settings.ray_storage_dir)
     trainer = torch_trainer(small_data_loop_per_worker, loop_config, num_workers=1, use_gpu=False, run_name=run_name,
                             storage_path=storage, max_failures=config.max_failures)
@@ -112,8 +117,10 @@ def small_data_loop_per_worker(loop_config: dict) -> dict:
     from train._calibration import calibrate
     from train._figures import figure_data, write_figure_data
     from train._small_data import Recipe, logits_of, train_small
+    from train._worker import setup_logging
     from train.finetune.config import FinetuneConfig
 
+    setup_logging(0, loop_config)
     cfg = FinetuneConfig(**loop_config["finetune"])
     data = loop_config["data"]
     torch.manual_seed(cfg.seed)
@@ -122,14 +129,20 @@ def small_data_loop_per_worker(loop_config: dict) -> dict:
     labels, base_dir = data["labels"], resolve_base(cfg.base)
     recipe = Recipe(name=loop_config["recipe"], max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
 
+    fold_of = stratified_folds(y.tolist(), min(NUM_FOLDS, len(y)), cfg.seed)
+    fits, started, fitted = len(set(fold_of)) + 1, time.monotonic(), itertools.count(1)
+
     def fit_predict(train_rows, held_out):
+        logger.info("fold %d/%d: fitting %s on %d rows (%.0fs so far)", next(fitted), fits - 1, recipe.name,
+                    len(train_rows), time.monotonic() - started)
         model, tokenizer = train_small(base_dir, labels, [texts[i] for i in train_rows], y[train_rows].tolist(), recipe)
         return logits_of(model, tokenizer, [texts[i] for i in held_out], recipe.max_seq_len)
 
-    fold_of = stratified_folds(y.tolist(), min(NUM_FOLDS, len(y)), cfg.seed)
     oof = out_of_fold(fold_of, len(labels), fit_predict)
     calibration = calibrate(oof, y)
     metrics = cv_metrics(oof, y, labels, calibration, folds=len(set(fold_of)))
+    logger.info("fit %d/%d: %s on all %d rows (cross-validated macro-F1 %.4f, %.0fs so far)", fits, fits,
+                recipe.name, len(texts), metrics["cv_macro_f1"], time.monotonic() - started)
     model, tokenizer = train_small(base_dir, labels, texts, y.tolist(), recipe)
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     _export(cfg, model, tokenizer, export_dir, data, metrics, loop_config["recipe"])
