@@ -140,7 +140,7 @@ def test_a_pinned_adapter_is_never_evicted_a_load_waits_for_a_release(exports):
     probe = _cache(store)
     _predict(probe, [(f"t{s}", "1", TEXTS[:1]) for s in range(4)])
     slot_bytes = next(iter(probe.banks.values())).slot_bytes
-    cache = _cache(store, budget_bytes=2 * slot_bytes, load_timeout_s=5.0)
+    cache = _cache(store, budget_bytes=2 * slot_bytes)
 
     async def go():
         a = await cache.acquire("t0", "1", "sum")
@@ -163,10 +163,11 @@ def test_a_load_that_cannot_get_room_in_time_is_503_with_retry_after(exports):
     store = _Store({f"t{s}:1": exports[("random", s)] for s in range(2)})
     probe = _cache(store)
     _predict(probe, [("t0", "1", TEXTS[:1]), ("t1", "1", TEXTS[:1])])
-    cache = _cache(store, budget_bytes=next(iter(probe.banks.values())).slot_bytes, load_timeout_s=1.0)
+    cache = _cache(store, budget_bytes=next(iter(probe.banks.values())).slot_bytes, load_timeout_s=60.0)
 
     async def go():
-        held = await cache.acquire("t0", "1", "sum")
+        held = await cache.acquire("t0", "1", "sum")  # room for one: t0 takes it, however slow the machine
+        cache.load_timeout_s = 1.0  # t1 then waits 1 s for room that never comes
         with pytest.raises(ModelUnavailableError, match="longer than 1s") as info:
             await cache.acquire("t1", "1", "sum")
         assert info.value.retry_after_s is not None and info.value.headers()["retry-after"] == "1"
