@@ -73,6 +73,17 @@ def _drop_through(stack: list[str], version: str) -> list[str]:
     return stack[:len(stack) - 1 - stack[::-1].index(version)]
 
 
+def _predecessors(stack: list[str], champion: str) -> list[str]:
+    """What a rollback from ``champion`` may go back to, the likeliest previous champion last.
+
+    Normally the history below the champion's topmost entry. When nothing is below it but other
+    versions are above it, promotions raced: the champion's event was written first and its alias
+    last, so the versions above were champions for a moment in between; the newest of them is the
+    previous champion (its stored copy is checked before the move, as always)."""
+    below = _drop_through(stack, champion)
+    return below or [version for version in stack if version != champion]
+
+
 def append_event(registry: Registry, name: str, event: dict) -> str:
     """Write one history event under a key of its own; its key."""
     tags = registry.client.get_registered_model(name).tags or {}
@@ -132,7 +143,7 @@ def rollback(registry: Registry, tenant: str) -> dict:
     """Move ``champion`` back to the previous champion, after checking its stored copy."""
     name = tenant_model_name(tenant)
     current = registry.champion(tenant)
-    earlier = _drop_through(history(registry._model(tenant).tags), current.version)
+    earlier = _predecessors(history(registry._model(tenant).tags), current.version)
     if not earlier:
         raise NothingToRollBackError(f"tenant {tenant!r} has no previous champion to roll back to "
                                      f"(champion is version {current.version}); use `attune registry promote`")

@@ -191,6 +191,23 @@ def test_concurrent_promotions_all_reach_the_champion_history(reg, tmp_path):
     assert reg.rollback("john")["champion"] != champion  # the history knows a predecessor
 
 
+def test_a_rollback_after_a_race_whose_winner_wrote_its_event_first_goes_to_the_runner_up(reg, tmp_path):
+    """Two promotions at once: 2 writes its history event, then 1 does, then 1's alias write lands,
+    then 2's. The champion is 2 and its entry is the oldest; 1 was champion in between."""
+    from registry._promote import append_event
+
+    two_versions(reg, tmp_path)
+    for version in ("2", "1"):
+        append_event(reg, "tenant.john", {"op": "promote", "version": version})
+    for version in ("1", "2"):
+        reg.client.set_registered_model_alias("tenant.john", "champion", version)
+    assert reg.show("john")["champion_history"] == ["2", "1"] and reg.champion("john").version == "2"
+    assert reg.rollback("john")["champion"] == "1"
+    assert reg.champion("john").version == "1" and reg.show("john")["champion_history"] == ["1"]
+    with pytest.raises(RegistryError, match="no previous champion"):
+        reg.rollback("john")
+
+
 def test_a_history_written_as_one_json_tag_carries_on(reg, tmp_path):
     two_versions(reg, tmp_path)
     reg.register_candidate("john", fake_model_dir(tmp_path / "three", b"three"), record())
