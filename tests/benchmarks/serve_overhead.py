@@ -18,6 +18,11 @@ their scores must agree. Each round measures, alternating which side goes first:
   concurrent  --clients threads, --per-client requests each (throughput = requests / wall time).
 Every request is ``{"texts": [one headline]}``, the same headlines in the same order on both sides.
 The table shows medians over rounds; the last line is the ratio against the baseline.
+
+Serve's own hop, in the same run: each round also sends --sequential ``GET``s to a trivial FastAPI
+deployment on the same Serve instance (``/floor``, a second app: no model, no auth) and to the bare
+server's ``/healthz``. Their p50 difference is what any Serve application pays on this machine
+(HTTP proxy to replica); the rest of the added p50 is attune's own per-request work.
 """
 from __future__ import annotations
 
@@ -146,6 +151,53 @@ def start_baseline(model_dir: Path, threads: int, temperature: float) -> tuple[s
     return proc, url
 
 
+FLOOR_ROUTE = "/floor"
+
+
+def start_floor_app() -> None:
+    """A trivial FastAPI deployment beside attune's app (``/floor``): Serve's hop with nothing behind it."""
+    from fastapi import FastAPI
+    from ray import serve as ray_serve
+
+    app = FastAPI()
+
+    @app.get("/")
+    def ok() -> dict:
+        return {"ok": True}
+
+    @ray_serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+    @ray_serve.ingress(app)
+    class Floor:
+        pass
+
+    ray_serve.run(Floor.bind(), name="floor", route_prefix=FLOOR_ROUTE, blocking=False)
+
+
+def sequential_get(url: str, count: int) -> dict:
+    import httpx
+
+    latencies = []
+    with httpx.Client(timeout=60) as client:
+        started = time.perf_counter()
+        for _ in range(count):
+            tick = time.perf_counter()
+            resp = client.get(url)
+            if resp.status_code != 200:
+                raise SystemExit(f"GET {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+            latencies.append((time.perf_counter() - tick) * 1000)
+        wall = time.perf_counter() - started
+    return summarize(latencies, wall)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class Side:
     """One server under test: where to POST, with which headers."""
 
@@ -257,6 +309,7 @@ def main() -> None:
     from cluster import shutdown_ray
     from serve._app import teardown
     from tests.serve_helpers import LABELS, TEMPERATURE
+    from tests.waiting import wait_for
 
     texts = headlines()
     with tempfile.TemporaryDirectory(prefix="attune-serve-bench-") as tmp:
@@ -275,9 +328,15 @@ def main() -> None:
                 raise SystemExit(f"the attune replica has OMP_NUM_THREADS={threads_seen}, not {args.threads}")
             flags = serve_flags()
             check_same_answers(sides, texts[0])
+            start_floor_app()
+            floor_urls = {"serve": f"{url}{FLOOR_ROUTE}/", "bare": f"{base_url}/healthz"}
+            wait_for(lambda: _answers(floor_urls["serve"]), 120, "the trivial Serve app")
             for side in sides:  # warm both (attune loads the tenant's model on its first request)
                 sequential(side, texts, args.warmup)
+            for floor_url in floor_urls.values():
+                sequential_get(floor_url, args.warmup)
             results = {side.name: {"sequential": [], "concurrent": []} for side in sides}
+            floor = {name: [] for name in floor_urls}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else sides[::-1]
                 for side in order:
@@ -285,6 +344,8 @@ def main() -> None:
                 for side in order:
                     results[side.name]["concurrent"].append(
                         concurrent(side, texts, args.clients, args.per_client))
+                for name in (floor_urls if r % 2 == 0 else list(floor_urls)[::-1]):
+                    floor[name].append(sequential_get(floor_urls[name], args.sequential))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             if baseline_proc is not None:
@@ -297,8 +358,12 @@ def main() -> None:
     att, base = results[attune.name], results[baseline.name]
     added_p50 = median_of(att["sequential"], "p50_ms") - median_of(base["sequential"], "p50_ms")
     ratio = median_of(att["concurrent"], "req_per_s") / median_of(base["concurrent"], "req_per_s")
+    hop = median_of(floor["serve"], "p50_ms") - median_of(floor["bare"], "p50_ms")
     for line in table(results):
         print(line)
+    print(f"trivial GET, p50 (medians over rounds): Serve app {median_of(floor['serve'], 'p50_ms'):.2f} ms, "
+          f"bare /healthz {median_of(floor['bare'], 'p50_ms'):.2f} ms: Serve's own hop {hop:+.2f} ms; "
+          f"attune's own work above it {added_p50 - hop:+.2f} ms")
     print(f"model: all-MiniLM-L6-v2 classifier (full), 1 text per request; torch threads {args.threads} on both "
           f"sides; {args.rounds} rounds x ({args.sequential} sequential + {args.clients} clients x "
           f"{args.per_client}); medians over rounds; {os.cpu_count()} CPUs")
@@ -310,7 +375,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                                          "attune_model_config": model_cfg, "serve_flags": flags,
-                                         "added_p50_ms": added_p50,
+                                         "added_p50_ms": added_p50, "floor": floor,
+                                         "serve_hop_p50_ms": hop, "attune_work_p50_ms": added_p50 - hop,
                                          "throughput_ratio": ratio}, indent=2))
     print(f"attune vs baseline: added p50 {added_p50:+.2f} ms (goal <= 5 ms); "
           f"throughput ratio attune/baseline {ratio:.3f}x (goal >= 0.8x)")
