@@ -8,6 +8,7 @@ mean pooling over the attention mask, the linear head, temperature softmax (the 
 attune's artifact contract, ``registry.mean_pool`` and ``registry.scores``). One inference runs at
 a time (as one batch runs at a time in an attune replica), with ``torch.set_num_threads(--threads)``.
 No auth, no registry, no batching, no Ray. ``GET /healthz`` reports the torch thread count.
+``POST /echo`` takes the same body and only counts its texts (no model): the HTTP cost alone.
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ def build_app(model_dir: Path, temperature: float) -> FastAPI:
             hidden = model.bert(**enc).last_hidden_state
             logits = model.classifier(mean_pool(hidden, enc["attention_mask"])).numpy()
         return {"predictions": [scores(row, labels, temperature) for row in logits]}
+
+    @app.post("/echo")
+    def echo(body: Body) -> dict:
+        return {"texts": len(body.texts)}
 
     @app.get("/healthz")
     def healthz() -> dict:

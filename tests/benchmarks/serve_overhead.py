@@ -19,10 +19,12 @@ their scores must agree. Each round measures, alternating which side goes first:
 Every request is ``{"texts": [one headline]}``, the same headlines in the same order on both sides.
 The table shows medians over rounds; the last line is the ratio against the baseline.
 
-Serve's own hop, in the same run: each round also sends --sequential ``GET``s to a trivial FastAPI
-deployment on the same Serve instance (``/floor``, a second app: no model, no auth) and to the bare
-server's ``/healthz``. Their p50 difference is what any Serve application pays on this machine
-(HTTP proxy to replica); the rest of the added p50 is attune's own per-request work.
+Serve's own hop, in the same run: each round also sends --sequential requests with the same body
+(``{"texts": [one headline]}``) to a trivial FastAPI deployment on the same Serve instance
+(``/floor``, a second app that only counts the texts: no model, no auth) and to the bare server's
+``POST /echo``, which does the same. Their p50 difference is what any Serve application pays on this
+machine for such a request (HTTP proxy to replica, the body included); the rest of the added p50 is
+attune's own per-request work.
 """
 from __future__ import annotations
 
@@ -157,13 +159,19 @@ FLOOR_ROUTE = "/floor"
 def start_floor_app() -> None:
     """A trivial FastAPI deployment beside attune's app (``/floor``): Serve's hop with nothing behind it."""
     from fastapi import FastAPI
+    from pydantic import BaseModel
     from ray import serve as ray_serve
+
+    class Body(BaseModel):  # the bare server's, defined here: the replica cannot import this package
+        texts: list[str]
 
     app = FastAPI()
 
-    @app.get("/")
-    def ok() -> dict:
-        return {"ok": True}
+    def echo(body) -> dict:
+        return {"texts": len(body.texts)}
+
+    echo.__annotations__["body"] = Body  # a class, not the string this module's annotations would leave
+    app.post("/")(echo)
 
     @ray_serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
     @ray_serve.ingress(app)
@@ -173,17 +181,18 @@ def start_floor_app() -> None:
     ray_serve.run(Floor.bind(), name="floor", route_prefix=FLOOR_ROUTE, blocking=False)
 
 
-def sequential_get(url: str, count: int) -> dict:
+def sequential_echo(url: str, texts: list[str], count: int) -> dict:
+    """``count`` sequential POSTs of predict's body to a handler that only counts the texts."""
     import httpx
 
     latencies = []
     with httpx.Client(timeout=60) as client:
         started = time.perf_counter()
-        for _ in range(count):
+        for i in range(count):
             tick = time.perf_counter()
-            resp = client.get(url)
+            resp = client.post(url, json={"texts": [texts[i % len(texts)]]})
             if resp.status_code != 200:
-                raise SystemExit(f"GET {url}: HTTP {resp.status_code}: {resp.text[:300]}")
+                raise SystemExit(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
             latencies.append((time.perf_counter() - tick) * 1000)
         wall = time.perf_counter() - started
     return summarize(latencies, wall)
@@ -193,7 +202,7 @@ def _answers(url: str) -> bool:
     import httpx
 
     try:
-        return httpx.get(url, timeout=5).status_code == 200
+        return httpx.post(url, json={"texts": ["ready?"]}, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -329,12 +338,12 @@ def main() -> None:
             flags = serve_flags()
             check_same_answers(sides, texts[0])
             start_floor_app()
-            floor_urls = {"serve": f"{url}{FLOOR_ROUTE}/", "bare": f"{base_url}/healthz"}
+            floor_urls = {"serve": f"{url}{FLOOR_ROUTE}/", "bare": f"{base_url}/echo"}
             wait_for(lambda: _answers(floor_urls["serve"]), 120, "the trivial Serve app")
             for side in sides:  # warm both (attune loads the tenant's model on its first request)
                 sequential(side, texts, args.warmup)
             for floor_url in floor_urls.values():
-                sequential_get(floor_url, args.warmup)
+                sequential_echo(floor_url, texts, args.warmup)
             results = {side.name: {"sequential": [], "concurrent": []} for side in sides}
             floor = {name: [] for name in floor_urls}
             for r in range(args.rounds):
@@ -345,7 +354,7 @@ def main() -> None:
                     results[side.name]["concurrent"].append(
                         concurrent(side, texts, args.clients, args.per_client))
                 for name in (floor_urls if r % 2 == 0 else list(floor_urls)[::-1]):
-                    floor[name].append(sequential_get(floor_urls[name], args.sequential))
+                    floor[name].append(sequential_echo(floor_urls[name], texts, args.sequential))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             if baseline_proc is not None:
@@ -361,8 +370,9 @@ def main() -> None:
     hop = median_of(floor["serve"], "p50_ms") - median_of(floor["bare"], "p50_ms")
     for line in table(results):
         print(line)
-    print(f"trivial GET, p50 (medians over rounds): Serve app {median_of(floor['serve'], 'p50_ms'):.2f} ms, "
-          f"bare /healthz {median_of(floor['bare'], 'p50_ms'):.2f} ms: Serve's own hop {hop:+.2f} ms; "
+    print(f"same body to a handler without a model, p50 (medians over rounds): Serve app "
+          f"{median_of(floor['serve'], 'p50_ms'):.2f} ms, bare /echo {median_of(floor['bare'], 'p50_ms'):.2f} ms: "
+          f"Serve's own hop {hop:+.2f} ms; "
           f"attune's own work above it {added_p50 - hop:+.2f} ms")
     print(f"model: all-MiniLM-L6-v2 classifier (full), 1 text per request; torch threads {args.threads} on both "
           f"sides; {args.rounds} rounds x ({args.sequential} sequential + {args.clients} clients x "
