@@ -181,23 +181,6 @@ def start_floor_app() -> None:
     ray_serve.run(Floor.bind(), name="floor", route_prefix=FLOOR_ROUTE, blocking=False)
 
 
-def sequential_echo(url: str, texts: list[str], count: int) -> dict:
-    """``count`` sequential POSTs of predict's body to a handler that only counts the texts."""
-    import httpx
-
-    latencies = []
-    with httpx.Client(timeout=60) as client:
-        started = time.perf_counter()
-        for i in range(count):
-            tick = time.perf_counter()
-            resp = client.post(url, json={"texts": [texts[i % len(texts)]]})
-            if resp.status_code != 200:
-                raise SystemExit(f"POST {url}: HTTP {resp.status_code}: {resp.text[:300]}")
-            latencies.append((time.perf_counter() - tick) * 1000)
-        wall = time.perf_counter() - started
-    return summarize(latencies, wall)
-
-
 def _answers(url: str) -> bool:
     import httpx
 
@@ -338,14 +321,15 @@ def main() -> None:
             flags = serve_flags()
             check_same_answers(sides, texts[0])
             start_floor_app()
-            floor_urls = {"serve": f"{url}{FLOOR_ROUTE}/", "bare": f"{base_url}/echo"}
-            wait_for(lambda: _answers(floor_urls["serve"]), 120, "the trivial Serve app")
+            floor_sides = {"serve": Side("trivial Serve app", f"{url}{FLOOR_ROUTE}/", {}),
+                           "bare": Side("bare /echo", f"{base_url}/echo", {})}
+            wait_for(lambda: _answers(floor_sides["serve"].url), 120, "the trivial Serve app")
             for side in sides:  # warm both (attune loads the tenant's model on its first request)
                 sequential(side, texts, args.warmup)
-            for floor_url in floor_urls.values():
-                sequential_echo(floor_url, texts, args.warmup)
+            for side in floor_sides.values():
+                sequential(side, texts, args.warmup)
             results = {side.name: {"sequential": [], "concurrent": []} for side in sides}
-            floor = {name: [] for name in floor_urls}
+            floor = {name: [] for name in floor_sides}
             for r in range(args.rounds):
                 order = sides if r % 2 == 0 else sides[::-1]
                 for side in order:
@@ -353,8 +337,8 @@ def main() -> None:
                 for side in order:
                     results[side.name]["concurrent"].append(
                         concurrent(side, texts, args.clients, args.per_client))
-                for name in (floor_urls if r % 2 == 0 else list(floor_urls)[::-1]):
-                    floor[name].append(sequential_echo(floor_urls[name], texts, args.sequential))
+                for name in (floor_sides if r % 2 == 0 else list(floor_sides)[::-1]):
+                    floor[name].append(sequential(floor_sides[name], texts, args.sequential))
                 print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         finally:
             if baseline_proc is not None:
