@@ -13,6 +13,15 @@ from train import _deepspeed as ds
 logger = logging.getLogger("attune.train")
 
 
+def logging_config(settings, progress_file: Optional[Path]) -> dict:
+    """The ``loop_config`` keys :func:`setup_logging` reads: the run's log level, progress interval and,
+    when the driver shows the run's progress, the file rank 0 writes it to."""
+    config = {"log_level": settings.log_level, "progress_interval_s": settings.progress_interval_s}
+    if progress_file is not None:
+        config["progress_file"] = str(progress_file)
+    return config
+
+
 def setup_logging(rank: int, loop_config: dict) -> Optional[ProgressWriter]:
     """Rank 0 logs at the run's level, the other ranks only warnings, all to the worker's own log.
     With a ``progress_file`` in ``loop_config``, rank 0's attune lines and its progress also go there,

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from train._kfold import NUM_FOLDS, out_of_fold, stratified_folds, uses_cross_validation
+from train._worker import logging_config
 
 logger = logging.getLogger("attune.train")
 
@@ -88,9 +89,7 @@ def run_small_data(config, settings, dataset, *, run_name: str, progress_file: O
     loop_config = {"finetune": config.model_dump(mode="json"), "recipe": recipe,
                    "data": {"labels": dataset.labels, "rows": [(e.text, index[e.label]) for e in all_rows(dataset)],
                             "data_hash": dataset.data_hash, "split_counts": dataset.split_counts()},
-                   "log_level": settings.log_level}
-    if progress_file is not None:  # the worker's attune lines (one per fit) reach the driver's terminal
-        loop_config["progress_file"] = str(progress_file)
+                   **logging_config(settings, progress_file)}  # the worker's lines (one per fit) reach the driver
     storage = Path(settings.ray_storage_dir)
     trainer = torch_trainer(small_data_loop_per_worker, loop_config, num_workers=1, use_gpu=False, run_name=run_name,
                             storage_path=storage, max_failures=config.max_failures)
@@ -130,18 +129,18 @@ def small_data_loop_per_worker(loop_config: dict) -> dict:
     recipe = Recipe(name=loop_config["recipe"], max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, seed=cfg.seed)
 
     fold_of = stratified_folds(y.tolist(), min(NUM_FOLDS, len(y)), cfg.seed)
-    fits, started, fitted = len(set(fold_of)) + 1, time.monotonic(), itertools.count(1)
+    folds, started, fitted = len(set(fold_of)), time.monotonic(), itertools.count(1)
 
     def fit_predict(train_rows, held_out):
-        logger.info("fold %d/%d: fitting %s on %d rows (%.0fs so far)", next(fitted), fits - 1, recipe.name,
+        logger.info("fold %d/%d: fitting %s on %d rows (%.0fs so far)", next(fitted), folds, recipe.name,
                     len(train_rows), time.monotonic() - started)
         model, tokenizer = train_small(base_dir, labels, [texts[i] for i in train_rows], y[train_rows].tolist(), recipe)
         return logits_of(model, tokenizer, [texts[i] for i in held_out], recipe.max_seq_len)
 
     oof = out_of_fold(fold_of, len(labels), fit_predict)
     calibration = calibrate(oof, y)
-    metrics = cv_metrics(oof, y, labels, calibration, folds=len(set(fold_of)))
-    logger.info("fit %d/%d: %s on all %d rows (cross-validated macro-F1 %.4f, %.0fs so far)", fits, fits,
+    metrics = cv_metrics(oof, y, labels, calibration, folds=folds)
+    logger.info("fit %d/%d: %s on all %d rows (cross-validated macro-F1 %.4f, %.0fs so far)", folds + 1, folds + 1,
                 recipe.name, len(texts), metrics["cv_macro_f1"], time.monotonic() - started)
     model, tokenizer = train_small(base_dir, labels, texts, y.tolist(), recipe)
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"

@@ -15,6 +15,7 @@ from train._base import pinned_base, resolve_base
 from train._data import TenantData, load_tenant_data
 from train._errors import ConfigError, TrainError
 from train._run import collect_export, failure_hint, open_run, shown_progress, torch_trainer, tracked, uses_gpu
+from train._worker import logging_config
 from train.finetune.config import FinetuneConfig
 from train.finetune.crossval import all_rows, register_and_gate_cv, run_small_data, small_data_recipe
 from train.finetune.loop import train_loop_per_worker
@@ -170,11 +171,9 @@ def run_training(config: FinetuneConfig, settings: Settings, dataset: TenantData
         if not getattr(dataset, name):
             raise ConfigError(f"{config.data}: the {name} split is empty; add more rows (splits are 80/10/10)")
     loop_config = {"finetune": config.model_dump(mode="json"), "data": worker_payload(config, dataset),
-                   "log_level": settings.log_level, "progress_interval_s": settings.progress_interval_s}
+                   **logging_config(settings, progress_file)}
     if initial_checkpoint is not None:
         loop_config["initial_checkpoint"] = str(initial_checkpoint)
-    if progress_file is not None:
-        loop_config["progress_file"] = str(progress_file)
     storage = Path(storage_path or settings.ray_storage_dir)
     trainer = torch_trainer(train_loop_per_worker, loop_config, num_workers=config.num_workers, use_gpu=use_gpu,
                             run_name=run_name, storage_path=storage, max_failures=config.max_failures,
