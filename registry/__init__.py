@@ -43,7 +43,15 @@ from registry._feedback import (
     prediction_version,
 )
 from registry._live import LiveRun
-from registry._manifest import MANIFEST, MANIFEST_KEYS, build_manifest, max_seq_len, read_manifest, write_manifest
+from registry._manifest import (
+    MANIFEST,
+    MANIFEST_KEYS,
+    build_manifest,
+    max_seq_len,
+    read_manifest,
+    temperature_slope,
+    write_manifest,
+)
 from registry._names import (
     BASE_ALIAS,
     CHALLENGER,
@@ -89,6 +97,7 @@ __all__ = [
     "build_manifest",
     "write_manifest",
     "max_seq_len",
+    "temperature_slope",
     # the artifact contract (registry._artifact; the PyTorch half, registry._classifier, loads lazily)
     "check_model_dir",
     "softmax",

@@ -16,7 +16,8 @@ attention mask before its head; its ``config.json`` says ``model_type: attune_me
 ``attune_mean_pool_mpnet``), a type plain ``transformers`` does not know, so loading the directory with
 ``AutoModelForSequenceClassification`` fails instead of silently scoring with an untrained first-token
 pooler. (Exports of earlier attune versions say ``bert``; attune loads both as mean-pooled.) The
-scores are ``softmax(logits / T)`` with the version's temperature ``T``, rounded to 6 places.
+scores are ``softmax(logits / T)`` with the version's temperature ``T``, rounded to 6 places; a version
+whose calibration has a ``temperature_slope`` s uses ``T * exp(s * margin)`` per row (see ``softmax``).
 
 This module is light (NumPy, JSON); the PyTorch side of the contract is ``registry._classifier``.
 """
@@ -145,18 +146,25 @@ def resolve_base(base: str, settings=None) -> Path:
 
 # -- scores ------------------------------------------------------------------------------------------
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """``softmax(logits / temperature)`` over the last axis, in float64."""
-    z = np.asarray(logits, dtype=np.float64) / max(float(temperature), 1e-6)
+def softmax(logits: np.ndarray, temperature: float = 1.0, temperature_slope: float = 0.0) -> np.ndarray:
+    """``softmax(logits / T)`` over the last axis, in float64, where each row's ``T`` is
+    ``temperature * exp(temperature_slope * margin)`` and ``margin`` is the row's top logit minus its
+    second (``train._calibration``: a slope of 0, the default, is plain temperature scaling)."""
+    z = np.asarray(logits, dtype=np.float64)
+    scale = max(float(temperature), 1e-6)
+    if temperature_slope and z.shape[-1] > 1:
+        top_two = np.sort(z, axis=-1)[..., -2:]
+        scale = scale * np.exp(float(temperature_slope) * (top_two[..., 1] - top_two[..., 0]))[..., None]
+    z = z / scale
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def scores(logits: np.ndarray, labels: list[str], temperature: float) -> dict:
+def scores(logits: np.ndarray, labels: list[str], temperature: float, temperature_slope: float = 0.0) -> dict:
     """One text's prediction: ``{"label", "scores": {label: calibrated score}}``; ``logits`` may be
     longer than ``labels`` (a padded head), the extra entries are ignored."""
-    probs = softmax(np.asarray(logits)[: len(labels)], temperature)
+    probs = softmax(np.asarray(logits)[: len(labels)], temperature, temperature_slope)
     return {"label": labels[int(probs.argmax())],
             "scores": {label: round(float(p), SCORE_DECIMALS) for label, p in zip(labels, probs)}}
 

@@ -152,6 +152,6 @@ class ExportedClassifier:
                 out.append(self.model(**enc).logits.float().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
-    def predict(self, texts: Sequence[str], temperature: float) -> list[dict]:
-        """Each text's ``{"label", "scores"}`` at ``temperature`` (the version's)."""
-        return [scores(row, self.labels, temperature) for row in self.logits(texts)]
+    def predict(self, texts: Sequence[str], temperature: float, temperature_slope: float = 0.0) -> list[dict]:
+        """Each text's ``{"label", "scores"}`` at the version's ``temperature`` and ``temperature_slope``."""
+        return [scores(row, self.labels, temperature, temperature_slope) for row in self.logits(texts)]

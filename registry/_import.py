@@ -17,7 +17,7 @@ from typing import Optional
 from cluster import code_version
 from registry._artifact import check_model_dir
 from registry._errors import InvalidModelDirError
-from registry._manifest import MANIFEST
+from registry._manifest import MANIFEST, temperature_slope
 from registry._names import check_tenant_id
 from registry._records import Lineage, RunRecord
 
@@ -64,7 +64,8 @@ def _record(tenant: str, directory: Path, manifest: dict) -> RunRecord:
     lineage = Lineage(kind="import", tenant=tenant, base=manifest["base"], method=manifest["method"],
                       data_uri=str(Path(directory).resolve()), data_hash=manifest["data_hash"],
                       split_counts=manifest.get("split_counts", {}), labels=manifest["labels"],
-                      temperature=float(manifest["temperature"]), code_version=code_version(),
+                      temperature=float(manifest["temperature"]), temperature_slope=temperature_slope(manifest),
+                      code_version=code_version(),
                       calibration=manifest["metrics"].get("calibration"),
                       attune_version=str(manifest["attune_version"]))
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")

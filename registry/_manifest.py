@@ -21,9 +21,10 @@ DEFAULT_MAX_SEQ_LEN = 128  # an export without ``max_seq_len`` (older attune) wa
 
 
 def build_manifest(*, tenant: str, labels: list[str], base: str, method: str, data_hash: str,
-                   metrics: dict, temperature: float, max_seq_len: int, **extra) -> dict:
-    """The manifest of a tenant model: every key of :data:`MANIFEST_KEYS`, ``max_seq_len`` and ``extra``
-    (``split_counts``, ``history``, ``params``)."""
+                   metrics: dict, temperature: float, max_seq_len: int, temperature_slope: float = 0.0,
+                   **extra) -> dict:
+    """The manifest of a tenant model: every key of :data:`MANIFEST_KEYS`, ``max_seq_len``,
+    ``temperature_slope`` and ``extra`` (``split_counts``, ``history``, ``params``)."""
     manifest = {
         "tenant": tenant,
         "labels": list(labels),
@@ -32,6 +33,7 @@ def build_manifest(*, tenant: str, labels: list[str], base: str, method: str, da
         "data_hash": data_hash,
         "metrics": metrics,
         "temperature": float(temperature),
+        "temperature_slope": float(temperature_slope),
         "max_seq_len": int(max_seq_len),
         "attune_version": attune_version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -68,3 +70,9 @@ def read_manifest(model_dir: Path) -> dict:
 def max_seq_len(manifest: dict) -> int:
     """The length, in tokens, the model was trained at; longer texts are truncated to it."""
     return int(manifest.get("max_seq_len", DEFAULT_MAX_SEQ_LEN))
+
+
+def temperature_slope(manifest: dict) -> float:
+    """How the model's temperature grows or shrinks with a row's logit margin (``registry.softmax``);
+    0 (plain temperature scaling) for an export that does not say, as every one before it did."""
+    return float(manifest.get("temperature_slope", 0.0))

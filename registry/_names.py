@@ -19,6 +19,7 @@ MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)
 # version / run tag keys (the MLflow UI shows them as they are)
 TAG_CHECKSUM = "attune.checksum"
 TAG_TEMPERATURE = "attune.temperature"
+TAG_TEMPERATURE_SLOPE = "attune.temperature_slope"  # set only when not 0 (train._calibration)
 TAG_PROMOTED = "attune.promotion.promoted"
 TAG_REASON = "attune.promotion.reason"
 TAG_PROMOTED_AT = "attune.promoted_at"

@@ -4,7 +4,8 @@ At registration (``registry._register``) the export is staged (hard links, else 
 files beside it, and that directory is what is checksummed and uploaded::
 
     MLmodel                          flavor python_function: loader_module registry._pyfunc,
-                                     model_config {temperature: the version's T}; the signature
+                                     model_config {temperature, temperature_slope: the version's
+                                     calibration}; the signature
                                      (text: string -> label: string, scores: map of label -> double)
                                      and the input example
     input_example.json, serving_input_example.json
@@ -31,6 +32,7 @@ from typing import Iterator, Optional
 from cluster import UsageError
 from registry._artifact import CONFIG, check_model_dir, lora_config
 from registry._errors import InvalidModelDirError, RegistryError
+from registry._manifest import temperature_slope as manifest_slope
 
 logger = logging.getLogger("attune.registry")
 LOADER_MODULE = "registry._pyfunc"
@@ -50,10 +52,11 @@ class PyfuncInputError(RegistryError, UsageError, ValueError):
 
 
 @contextlib.contextmanager
-def mlflow_model_dir(model_dir: Path, temperature: float) -> Iterator[Path]:
+def mlflow_model_dir(model_dir: Path, temperature: float, temperature_slope: float = 0.0) -> Iterator[Path]:
     """``model_dir`` (checked by the artifact contract) staged in a temporary folder as an MLflow Model
-    whose pyfunc uses ``temperature``; the folder is removed on exit. ``model_dir`` is not changed,
-    and flavor files it already holds (an export downloaded from the registry) are written anew."""
+    whose pyfunc uses ``temperature`` and ``temperature_slope``; the folder is removed on exit.
+    ``model_dir`` is not changed, and flavor files it already holds (an export downloaded from the
+    registry) are written anew."""
     model_dir = Path(model_dir)
     manifest = check_model_dir(model_dir)
     with tempfile.TemporaryDirectory(prefix="attune-mlflow-model-") as tmp:
@@ -61,7 +64,7 @@ def mlflow_model_dir(model_dir: Path, temperature: float) -> Iterator[Path]:
         shutil.copytree(model_dir, staged, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(*FLAVOR_FILES))
         if manifest["method"] == "lora" and not (staged / CONFIG).is_file():
             _add_lora_config(staged, manifest)
-        write_flavor(staged, manifest, temperature)
+        write_flavor(staged, manifest, temperature, temperature_slope)
         yield staged
 
 
@@ -83,7 +86,7 @@ def _link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
-def write_flavor(directory: Path, manifest: dict, temperature: float) -> None:
+def write_flavor(directory: Path, manifest: dict, temperature: float, temperature_slope: float = 0.0) -> None:
     """Write ``MLmodel``, the input example and the environment files into the export ``directory``."""
     import mlflow.pyfunc
     import pandas as pd
@@ -97,7 +100,8 @@ def write_flavor(directory: Path, manifest: dict, temperature: float) -> None:
     requirements = _requirements(manifest["method"])
     _write_environment(directory, requirements)
     mlflow.pyfunc.add_to_model(model, loader_module=LOADER_MODULE, conda_env="conda.yaml",
-                               python_env="python_env.yaml", model_config={"temperature": float(temperature)})
+                               python_env="python_env.yaml", model_config={"temperature": float(temperature),
+                                             "temperature_slope": float(temperature_slope)})
     model.save(str(directory / MLMODEL))
 
 
@@ -133,23 +137,26 @@ def _write_environment(directory: Path, requirements: list[str]) -> None:
 
 def _load_pyfunc(path: str, model_config: Optional[dict] = None) -> TenantPyfunc:
     """MLflow's loader hook: ``path`` is the version's model directory."""
-    return TenantPyfunc(Path(path), (model_config or {}).get("temperature"))
+    config = model_config or {}
+    return TenantPyfunc(Path(path), config.get("temperature"), config.get("temperature_slope"))
 
 
 class TenantPyfunc:
     """A tenant version as a pyfunc: ``predict`` takes texts (a DataFrame with a ``text`` column, a
     Series or a list) and returns a DataFrame with ``label`` and ``scores`` per text."""
 
-    def __init__(self, model_dir: Path, temperature: Optional[float] = None):
+    def __init__(self, model_dir: Path, temperature: Optional[float] = None, temperature_slope: Optional[float] = None):
         from registry._classifier import ExportedClassifier
 
         self.classifier = ExportedClassifier(model_dir)
-        self.temperature = float(self.classifier.manifest["temperature"] if temperature is None else temperature)
+        manifest = self.classifier.manifest
+        self.temperature = float(manifest["temperature"] if temperature is None else temperature)
+        self.temperature_slope = manifest_slope(manifest) if temperature_slope is None else float(temperature_slope)
 
     def predict(self, model_input, params: Optional[dict] = None):
         import pandas as pd
 
-        rows = self.classifier.predict(_texts(model_input), self.temperature)
+        rows = self.classifier.predict(_texts(model_input), self.temperature, self.temperature_slope)
         return pd.DataFrame({"label": [r["label"] for r in rows], "scores": [r["scores"] for r in rows]})
 
 

@@ -10,7 +10,15 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from registry._names import TAG_CHECKSUM, TAG_PROMOTED, TAG_PROMOTED_AT, TAG_REASON, TAG_TEMPERATURE, tenant_of
+from registry._names import (
+    TAG_CHECKSUM,
+    TAG_PROMOTED,
+    TAG_PROMOTED_AT,
+    TAG_REASON,
+    TAG_TEMPERATURE,
+    TAG_TEMPERATURE_SLOPE,
+    tenant_of,
+)
 
 METRIC_PREFIX = "attune.metric."
 FIGURES_DIR = "figures"  # a run's pictures (reliability diagram, confusion matrix, a search's curves)
@@ -33,6 +41,7 @@ class Lineage(BaseModel):
     split_counts: dict[str, int] = {}
     labels: list[str] = []
     temperature: float = 1.0
+    temperature_slope: float = Field(default=0.0, description="per-row T = temperature * exp(slope * logit margin)")
     calibration: Optional[str] = Field(default=None, description="why the version uses its temperature: "
                                        "'fitted: ...' or 'kept T=1: ...' (train._calibration)")
     code_version: str
@@ -44,6 +53,8 @@ class Lineage(BaseModel):
             "attune.data_hash": self.data_hash, "attune.code_version": self.code_version,
             "attune.version": self.attune_version, TAG_TEMPERATURE: repr(float(self.temperature)),
         }
+        if self.temperature_slope:
+            tags[TAG_TEMPERATURE_SLOPE] = repr(float(self.temperature_slope))
         if self.tenant:
             tags["attune.tenant"] = self.tenant
         if self.method:
@@ -158,6 +169,10 @@ class VersionInfo:
         return float(self.tags.get(TAG_TEMPERATURE, "1.0"))
 
     @property
+    def temperature_slope(self) -> float:
+        return float(self.tags.get(TAG_TEMPERATURE_SLOPE, "0.0"))
+
+    @property
     def labels(self) -> list[str]:
         return json.loads(self.tags.get("attune.labels", "[]"))
 
@@ -173,7 +188,8 @@ class VersionInfo:
         if TAG_PROMOTED in self.tags:
             promotion = {"promoted": self.tags[TAG_PROMOTED] == "true", "reason": self.tags.get(TAG_REASON, "")}
         return {"version": self.version, "aliases": sorted(self.aliases), "metrics": self.metrics,
-                "temperature": self.temperature, "labels": self.labels, "run_id": self.run_id,
+                "temperature": self.temperature, "temperature_slope": self.temperature_slope,
+                "labels": self.labels, "run_id": self.run_id,
                 "source": self.source, "created_at_ms": self.created_at_ms,
                 "promoted_at": self.tags.get(TAG_PROMOTED_AT), "promotion": promotion, "lineage": lineage}
 

@@ -37,7 +37,8 @@ def register_candidate(registry: Registry, tenant: str, model_dir: Path, record:
                        parent_run_id: Optional[str] = None) -> VersionInfo:
     """Log the run with ``model_dir`` as ``artifacts/model``, check the upload, create the version, alias it."""
     name = tenant_model_name(tenant)
-    with mlflow_model_dir(Path(model_dir), record.lineage.temperature) as model_dir:  # + MLmodel (registry._pyfunc)
+    lineage = record.lineage
+    with mlflow_model_dir(Path(model_dir), lineage.temperature, lineage.temperature_slope) as model_dir:  # + MLmodel
         return register_version(registry, name, model_dir, record, CHALLENGER, parent_run_id,
                                 lambda version: registry.get_version(tenant, version))
 

@@ -1,8 +1,8 @@
 """One batch of requests, run as few forward passes as possible.
 
 Each request is one tenant's texts with the model it resolved (pinned by ``serve._cache``) and its
-version's temperature. LoRA requests on the same base share one forward pass, whatever their
-tenants (``serve._lora``); with ``cross_tenant=False`` (``model.cross_tenant_batching: false``,
+version's calibration (temperature and slope). LoRA requests on the same base share one forward pass,
+whatever their tenants (``serve._lora``); with ``cross_tenant=False`` (``model.cross_tenant_batching: false``,
 the baseline of ``tests/benchmarks/tenant_scale.py``) each tenant's requests get their own pass, as
 Ray Serve's per-model batching would. Full models always run per model.
 """
@@ -20,6 +20,7 @@ class Request:
     model: Model
     texts: list
     temperature: float
+    temperature_slope: float = 0.0
 
 
 def run_batch(requests: Sequence[Request], cross_tenant: bool = True) -> list[list[dict]]:
@@ -42,5 +43,5 @@ def run_batch(requests: Sequence[Request], cross_tenant: bool = True) -> list[li
             logits[r] = row
     results: list[list[dict]] = [[] for _ in requests]
     for (i, model, _), row in zip(rows, logits):
-        results[i].append(scores(row, model.labels, requests[i].temperature))
+        results[i].append(scores(row, model.labels, requests[i].temperature, requests[i].temperature_slope))
     return results

@@ -204,7 +204,8 @@ class Endpoint:
             try:
                 joined = True
                 predictions = await self.batcher.submit(
-                    BatchRequest(model=served.model, texts=texts, temperature=served.info.temperature))
+                    BatchRequest(model=served.model, texts=texts, temperature=served.info.temperature,
+                                 temperature_slope=served.info.temperature_slope))
                 self.fallback.succeeded(tenant, served.info)
                 return predictions, served
             finally:
@@ -288,6 +289,7 @@ class Endpoint:
         quality = await asyncio.to_thread(self.quality.measure, tenant, info)
         body = {"tenant": tenant, "model_version": info.version, "labels": info.labels,
                 "metrics": info.metrics, "temperature": info.temperature,
+                "temperature_slope": info.temperature_slope,
                 "promoted_at": info.tags.get("attune.promoted_at"), "live_quality": quality}
         return JSONResponse(body, headers={VERSION_HEADER: info.version})
 

@@ -44,6 +44,8 @@ class TenantInfo(BaseModel):
     labels: list[str]
     metrics: dict[str, float]
     temperature: float
+    temperature_slope: float = Field(description="0 for plain temperature scaling; otherwise each text's "
+                                     "temperature is temperature * exp(temperature_slope * its logit margin)")
     promoted_at: Optional[str]
     live_quality: Optional[LiveQuality] = Field(description="the champion's accuracy, ECE and drift test on the "
                                                 "feedback it scored since it became champion; null when the "

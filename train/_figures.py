@@ -35,20 +35,28 @@ DPI = 100
 
 
 def figure_data(logits: np.ndarray, y_true: Sequence[int], labels: list[str], temperature: float,
-                num_bins: int = ECE_BINS) -> dict:
+                temperature_slope: float = 0.0, num_bins: int = ECE_BINS) -> dict:
     """What both figures show, as plain JSON data: the reliability bins of the test predictions before
-    (T = 1) and after scaling by ``temperature`` (each with the ECE that ``classification_report`` logs),
-    and the confusion matrix ``confusion[true][predicted]`` of their argmax (which scaling never changes)."""
+    (T = 1) and after scaling by ``temperature`` and ``temperature_slope`` (each with the ECE that
+    ``classification_report`` logs), and the confusion matrix ``confusion[true][predicted]`` of their
+    argmax (which scaling never changes)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     logits = np.asarray(logits, dtype=np.float64)
     confusion = np.zeros((len(labels), len(labels)), dtype=np.int64)
     if len(y_true):
         np.add.at(confusion, (y_true, logits.argmax(axis=1)), 1)
-    probs = [softmax(logits, t) if len(y_true) else logits for t in (1.0, temperature)]
+    scalings = ((1.0, 0.0), (temperature, temperature_slope))
+    probs = [softmax(logits, t, s) if len(y_true) else logits for t, s in scalings]
     return {"labels": list(labels), "test_rows": int(len(y_true)), "temperature": float(temperature),
+            "temperature_slope": float(temperature_slope),
             "before": reliability_bins(probs[0], y_true, num_bins),
             "after": reliability_bins(probs[1], y_true, num_bins),
             "confusion": confusion.tolist()}
+
+
+def _scaling_text(data: dict) -> str:
+    slope = data.get("temperature_slope", 0.0)  # figure data written before slopes has none
+    return f"{data['temperature']:.3g}" + (f"·exp({slope:.3g}·margin)" if slope else "")
 
 
 def write_figure_data(checkpoint_dir: Path, data: dict) -> Path:
@@ -98,7 +106,7 @@ def reliability_figure(data: dict):
     width = np.diff(edges) / 2
     axes.plot([0, 1], [0, 1], linestyle="--", color="0.5", linewidth=1, label="perfect calibration")
     for key, shift, color, name in (("before", 0.0, "tab:orange", "before scaling (T=1)"),
-                                    ("after", 1.0, "tab:blue", f"after scaling (T={data['temperature']:.3g})")):
+                                    ("after", 1.0, "tab:blue", f"after scaling (T={_scaling_text(data)})")):
         bins = data[key]
         accuracy = [0.0 if a is None else a for a in bins["accuracy"]]
         axes.bar(edges[:-1] + shift * width, accuracy, width=width, align="edge", color=color, alpha=0.85,

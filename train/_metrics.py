@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -64,13 +64,35 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, num_bins: 
     return reliability_bins(probs, y_true, num_bins)["ece"]
 
 
-def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float) -> float:
-    p = softmax(logits, temperature)[np.arange(len(y_true)), y_true]
+def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float, temperature_slope: float = 0.0) -> float:
+    p = softmax(logits, temperature, temperature_slope)[np.arange(len(y_true)), y_true]
     return float(-np.mean(np.log(np.clip(p, 1e-12, None))))
 
 
-def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
-    """The temperature T > 0 that minimises validation NLL of softmax(logits / T).
+def golden_section(f: Callable[[float], float], lo: float, hi: float, iterations: int = 60) -> float:
+    """The ``x`` in ``[lo, hi]`` that minimises the unimodal ``f``."""
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = f(a), f(b)
+    for _ in range(iterations):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = f(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = f(b)
+    return (lo + hi) / 2
+
+
+LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, temperature_slope: float = 0.0,
+                    iterations: int = 60) -> float:
+    """The temperature T > 0 that minimises validation NLL of softmax(logits / T) (each row's T times
+    ``exp(temperature_slope * margin)``, as ``registry.softmax``).
 
     NLL is unimodal in log T, so a golden-section search over log T in
     [log 0.05, log 20] finds it without an optimiser's step-size tuning.
@@ -79,25 +101,14 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     y_true = np.asarray(y_true, dtype=np.int64)
     if len(y_true) == 0:
         return 1.0
-    lo, hi = math.log(0.05), math.log(20.0)
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = nll(logits, y_true, math.exp(a)), nll(logits, y_true, math.exp(b))
-    for _ in range(60):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = nll(logits, y_true, math.exp(a))
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = nll(logits, y_true, math.exp(b))
-    return float(math.exp((lo + hi) / 2))
+    log_t = golden_section(lambda x: nll(logits, y_true, math.exp(x), temperature_slope), *LOG_T_RANGE, iterations)
+    return float(math.exp(log_t))
 
 
 def classification_report(logits: np.ndarray, y_true: Sequence[int], labels: list[str],
-                          temperature: float, prefix: str = "test") -> dict:
-    """Accuracy, macro-F1, per-class F1 and ECE before/after temperature scaling."""
+                          temperature: float, prefix: str = "test", temperature_slope: float = 0.0) -> dict:
+    """Accuracy, macro-F1, per-class F1 and ECE before/after calibration (``temperature`` and
+    ``temperature_slope``, as ``registry.softmax`` applies them)."""
     logits = np.asarray(logits, dtype=np.float64)
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = logits.argmax(axis=1)
@@ -107,6 +118,7 @@ def classification_report(logits: np.ndarray, y_true: Sequence[int], labels: lis
         f"{prefix}_macro_f1": macro_f1(y_true, y_pred, len(labels)),
         f"{prefix}_per_class_f1": {label: float(f1[i]) for i, label in enumerate(labels)},
         "ece_before": expected_calibration_error(softmax(logits), y_true),
-        "ece_after": expected_calibration_error(softmax(logits, temperature), y_true),
+        "ece_after": expected_calibration_error(softmax(logits, temperature, temperature_slope), y_true),
         "temperature": float(temperature),
+        "temperature_slope": float(temperature_slope),
     }

@@ -56,10 +56,11 @@ def score(logits: np.ndarray, y_test: np.ndarray, num_classes: int, calibration)
     row = {"test_macro_f1": macro_f1(y_test, pred, num_classes), "test_macro_f1_ci95": [low, high],
            "test_accuracy": float((pred == y_test).mean()),
            "ece_before": expected_calibration_error(softmax(logits), y_test), "ece_after": None,
-           "temperature": None, "calibration": None}
+           "temperature": None, "temperature_slope": None, "calibration": None}
     if calibration is not None:
-        row.update(ece_after=expected_calibration_error(softmax(logits, calibration.temperature), y_test),
-                   temperature=calibration.temperature, calibration=calibration.reason)
+        calibrated = softmax(logits, calibration.temperature, calibration.temperature_slope)
+        row.update(ece_after=expected_calibration_error(calibrated, y_test), temperature=calibration.temperature,
+                   temperature_slope=calibration.temperature_slope, calibration=calibration.reason)
     return row
 
 

@@ -70,7 +70,8 @@ def test_pyfunc_and_mlflow_models_serve_answer_as_attune_predict(tiny_base, tmp_
     assert len({json.dumps(p["scores"]) for p in ours}) == len(TEXTS)  # every weight matters: no constant model
     for mine, pyfunc in zip(ours, theirs):
         assert pyfunc["scores"] == pytest.approx(mine["scores"], abs=1e-5)
-    assert loaded.metadata.get_model_info().flavors["python_function"]["config"] == {"temperature": 1.7}
+    assert loaded.metadata.get_model_info().flavors["python_function"]["config"] == {"temperature": 1.7,
+                                                                                         "temperature_slope": 0.0}
 
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

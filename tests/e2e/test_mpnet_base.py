@@ -61,7 +61,7 @@ def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_ten
     import mlflow.pyfunc
     import pandas as pd
 
-    from registry import mean_pool_family, read_lora_adapter, read_manifest, resolve_base, scores
+    from registry import mean_pool_family, read_lora_adapter, read_manifest, resolve_base, scores, temperature_slope
     from serve._full import FullModel
     from serve._lora import LoraBank
 
@@ -84,7 +84,7 @@ def test_a_tenant_on_mpnet_answers_alike_in_predict_serving_and_mlflow(mpnet_ten
         bank = LoraBank(resolve_base(manifest["base"]))
         slot = bank.add(read_lora_adapter(model_dir))
         logits = bank.logits([slot] * len(TEXTS), TEXTS, [32] * len(TEXTS))
-    served = [scores(row, manifest["labels"], manifest["temperature"]) for row in logits]
+    served = [scores(row, manifest["labels"], manifest["temperature"], temperature_slope(manifest)) for row in logits]
     assert [s["label"] for s in served] == [p["label"] for p in ours]
     for mine, theirs in zip(ours, served):
         assert theirs["scores"] == pytest.approx(mine["scores"], abs=1e-4)

@@ -49,7 +49,7 @@ def test_tenant_info(served):
     body = resp.json()
     assert resp.status_code == 200 and body["model_version"] == served["versions"]["john"]
     assert body["labels"] == ["negative", "positive"] and body["metrics"]["test_macro_f1"] == 0.9
-    assert body["promoted_at"] and body["temperature"] == 1.7
+    assert body["promoted_at"] and body["temperature"] == 1.7 and body["temperature_slope"] == 0.0
     assert served["client"].get("/v1/tenants/john").status_code == 401
 
 

@@ -29,6 +29,15 @@ def _confident_mistakes(rows: int = 300):
     return logits, labels
 
 
+def _margin_overconfident(rows: int, temperature: float = 4.0, slope: float = -0.2, seed: int = 0):
+    """Logits whose true temperature falls with the margin (an overfit fine-tune's shape: its
+    low-margin rows are far more overconfident than its high-margin ones); labels drawn from the truth."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(rows, 3)) * 4.0
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits, temperature, slope)])
+    return logits, labels
+
+
 def test_an_overconfident_model_gets_t_above_1_and_a_lower_ece():
     logits, labels = _overconfident(2000)
     result = calibrate(logits, labels)
@@ -39,6 +48,36 @@ def test_an_overconfident_model_gets_t_above_1_and_a_lower_ece():
     fresh_logits, fresh_labels = _overconfident(2000, seed=1)  # and it carries over to unseen rows
     assert expected_calibration_error(softmax(fresh_logits, result.temperature), fresh_labels) < \
         expected_calibration_error(softmax(fresh_logits), fresh_labels)
+
+
+def test_a_model_overconfident_most_at_small_margins_gets_a_temperature_slope():
+    logits, labels = _margin_overconfident(2000)
+    result = calibrate(logits, labels)
+    assert result.temperature_slope == pytest.approx(-0.2, abs=0.06)
+    assert result.temperature == pytest.approx(4, rel=0.25)
+    assert result.reason.startswith("fitted with a margin slope: validation ECE") and "2000 rows" in result.reason
+    assert result.metrics()["temperature_slope"] == result.temperature_slope
+    fresh_logits, fresh_labels = _margin_overconfident(2000, seed=1)  # on unseen rows it beats one temperature
+    sloped_probs = softmax(fresh_logits, result.temperature, result.temperature_slope)
+    sloped = expected_calibration_error(sloped_probs, fresh_labels)
+    assert sloped < expected_calibration_error(softmax(fresh_logits, result.fitted_temperature), fresh_labels) / 1.5
+
+
+def test_a_slope_is_shipped_only_when_the_rows_need_it():
+    for logits, labels in (_overconfident(2000), _confident_mistakes(), _margin_overconfident(2000, slope=-0.01)):
+        assert calibrate(logits, labels).temperature_slope == 0.0  # one temperature is enough: no slope
+    result = calibrate(*_margin_overconfident(60))  # too few rows to tell a slope from noise
+    assert result.temperature_slope == 0.0 and not result.reason.startswith("fitted with a margin slope")
+    positive = calibrate(*_margin_overconfident(2000, temperature=0.5, slope=0.3))  # never a rising temperature
+    assert positive.temperature_slope == 0.0
+
+
+def test_the_slope_scales_each_row_by_its_own_margin():
+    logits = np.array([[2.0, 0.0, 0.0], [6.0, 1.0, 0.0]])
+    sloped = softmax(logits, 1.5, -0.1)
+    for row, margin in zip(range(2), (2.0, 5.0)):
+        assert sloped[row] == pytest.approx(softmax(logits[row], 1.5 * np.exp(-0.1 * margin)), abs=1e-12)
+    assert softmax(logits, 1.5, 0.0) == pytest.approx(softmax(logits, 1.5), abs=0)
 
 
 def test_a_fitted_t_that_raises_validation_ece_is_not_kept():
@@ -96,6 +135,14 @@ def test_the_reason_reaches_the_run_and_the_registered_version(tmp_path):
     untuned = run_record("finetune", "finetune-t", {}, {"test_macro_f1": 0.9}, [], tenant="t", base="minilm",
                          method="full", data_uri=dataset.source, dataset=dataset)
     assert "attune.calibration" not in untuned.tags  # a record without a calibration step has no tag
+    assert "attune.temperature_slope" not in record.version_tags and version.temperature_slope == 0.0
+
+    sloped = calibrate(*_margin_overconfident(2000))  # a slope reaches the version, its tag and its scores' readers
+    record = run_record("finetune", "finetune-t", {}, {"test_macro_f1": 0.9, **sloped.metrics()}, [], tenant="t",
+                        base="minilm", method="full", data_uri=dataset.source, dataset=dataset)
+    version = sqlite_registry(tmp_path / "store").register_candidate("t", fake_model_dir(tmp_path / "m2"), record)
+    assert version.temperature_slope == sloped.temperature_slope < 0 and version.temperature == sloped.temperature
+    assert version.as_dict()["temperature_slope"] == sloped.temperature_slope
 
 
 def test_an_imported_export_keeps_the_reason_from_its_manifest(tmp_path):
@@ -106,3 +153,6 @@ def test_an_imported_export_keeps_the_reason_from_its_manifest(tmp_path):
                 "attune_version": "0", "metrics": {"test_macro_f1": 0.9, "calibration": reason}}
     record = _record("t", tmp_path, manifest)
     assert record.version_tags["attune.calibration"] == reason and "calibration" not in record.metrics
+    assert record.lineage.temperature_slope == 0.0  # an export from before slopes has none
+    record = _record("t", tmp_path, {**manifest, "temperature": 6.17, "temperature_slope": -0.207})
+    assert record.version_tags["attune.temperature_slope"] == "-0.207"

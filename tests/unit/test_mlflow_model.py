@@ -71,21 +71,27 @@ def test_scores_are_the_calibrated_softmax_rounded():
     assert one["label"] == "a" and one["scores"] == {"a": 0.880797, "b": 0.119203}
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_a_registered_version_is_an_mlflow_model_that_scores_as_attune(exports, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method, slope", [("full", 0.0), ("lora", 0.0), ("lora", -0.3)])
+def test_a_registered_version_is_an_mlflow_model_that_scores_as_attune(exports, tmp_path, monkeypatch, method, slope):
     import mlflow.pyfunc
 
     from train import Predictor
 
     reg = sqlite_registry(tmp_path / "home")
-    version = reg.register_candidate("john", exports[method], record("john")).version  # the record's T is 1.7
+    calibrated = record("john")  # its T is 1.7
+    calibrated.lineage.temperature_slope = slope
+    version = reg.register_candidate("john", exports[method], calibrated).version
     use_mlflow_store(monkeypatch, reg.tracking_uri)
     loaded = mlflow.pyfunc.load_model(f"models:/tenant.john/{version}")
     info = loaded.metadata
     assert info.signature.inputs.input_names() == ["text"]
     assert info.signature.outputs.input_names() == ["label", "scores"]
-    assert info.flavors["python_function"]["config"] == {"temperature": TEMPERATURE}
-    reference = Predictor(exports[method], temperature=TEMPERATURE).predict(TEXTS)
+    assert info.flavors["python_function"]["config"] == {"temperature": TEMPERATURE, "temperature_slope": slope}
+    assert reg.get_version("john", version).temperature_slope == slope
+    reference = Predictor(exports[method], temperature=TEMPERATURE, temperature_slope=slope).predict(TEXTS)
+    if slope:  # the slope changes the scores, row by row
+        plain = Predictor(exports[method], temperature=TEMPERATURE).predict(TEXTS)
+        assert all(abs(a["scores"][k] - b["scores"][k]) > 1e-3 for a, b in zip(plain, reference) for k in a["scores"])
     theirs = loaded.predict(pd.DataFrame({"text": TEXTS})).to_dict("records")
     assert [p["label"] for p in theirs] == [p["label"] for p in reference]
     for ours, pyfunc in zip(reference, theirs):
@@ -111,15 +117,16 @@ def test_the_checksum_covers_the_flavor_files_and_a_downloaded_version_registers
     reg.register_candidate("john", fake_model_dir(tmp_path / "export"), record("john"))
     first, _ = reg.download("john", "1", tmp_path / "v1")  # checked against the checksum taken at registration
     assert FLAVOR_FILES <= {p.name for p in first.iterdir()}
-    assert _mlmodel(first)["flavors"]["python_function"]["config"] == {"temperature": TEMPERATURE}
+    assert _mlmodel(first)["flavors"]["python_function"]["config"] == {"temperature": TEMPERATURE,
+                                                                         "temperature_slope": 0.0}
     assert json.loads((first / "input_example.json").read_text())["columns"] == ["text"]
 
     again = record("john")
     again.lineage.temperature = 2.5
     reg.register_candidate("john", first, again)  # an export downloaded from the registry, imported again
     second, _ = reg.download("john", "2", tmp_path / "v2")
-    assert _mlmodel(second)["flavors"]["python_function"]["config"] == {"temperature": 2.5}
-    assert _mlmodel(first)["flavors"]["python_function"]["config"] == {"temperature": TEMPERATURE}  # untouched
+    assert _mlmodel(second)["flavors"]["python_function"]["config"] == {"temperature": 2.5, "temperature_slope": 0.0}
+    assert _mlmodel(first)["flavors"]["python_function"]["config"]["temperature"] == TEMPERATURE  # untouched
 
     stored = Path(reg.get_version("john", "1").source.removeprefix("file://")) / "MLmodel"
     stored.write_text(stored.read_text().replace("temperature: 1.7", "temperature: 9.0"))

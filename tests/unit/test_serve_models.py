@@ -54,13 +54,16 @@ def _cache(store, budget_bytes=2**30, **kw) -> ModelCache:
     return ModelCache(store, adapter_budget_bytes=budget_bytes, **kw)
 
 
-def _predict(cache, requests: list[tuple[str, str, list]], cross_tenant=True, temperature=1.7):
-    """Acquire every (tenant, version, texts), run them as one batch, release; the predictions."""
+def _predict(cache, requests: list[tuple[str, str, list]], cross_tenant=True, temperature=1.7, slopes=None):
+    """Acquire every (tenant, version, texts), run them as one batch, release; the predictions.
+    ``slopes``: each request's temperature slope (default 0)."""
+    slopes = slopes or [0.0] * len(requests)
+
     async def go():
         models = [await cache.acquire(t, v, "sum") for t, v, _ in requests]
         try:
-            return run_batch([Request(m, texts, temperature) for m, (_, _, texts) in zip(models, requests)],
-                             cross_tenant)
+            return run_batch([Request(m, texts, temperature, slope)
+                              for m, (_, _, texts), slope in zip(models, requests, slopes)], cross_tenant)
         finally:
             for m in models:
                 cache.release(m)
@@ -90,20 +93,23 @@ def test_temperature_flattens_scores(exports):
 
 
 def test_a_mixed_batch_gives_every_row_its_own_tenants_scores(exports, tiny_base):
-    """Rows of eight tenants (two ranks, two label sets, different max_seq_len) in one forward pass score
-    as each tenant's own model does alone, through training's predictor and through the bank."""
+    """Rows of eight tenants (two ranks, two label sets, different max_seq_len, their own temperature
+    slopes) in one forward pass score as each tenant's own model does alone, through training's
+    predictor and through the bank."""
     from train import Predictor
 
     store = _Store({f"t{s}:1": exports[("random", s)] for s in range(8)})
     cache = _cache(store)
     requests = [(f"t{s}", "1", [TEXTS[(s + i) % 3] for i in range(1 + s % 3)]) for s in range(8)]
-    mixed = _predict(cache, requests)
-    alone = [_predict(cache, [request])[0] for request in requests]
-    per_tenant = _predict(cache, requests, cross_tenant=False)
+    slopes = [-0.1 * (s % 4) for s in range(8)]
+    mixed = _predict(cache, requests, slopes=slopes)
+    alone = [_predict(cache, [request], slopes=[slope])[0] for request, slope in zip(requests, slopes)]
+    per_tenant = _predict(cache, requests, cross_tenant=False, slopes=slopes)
     (bank,) = cache.banks.values()
     assert len(bank.used) == 8 and bank.rank == 8
-    for (tenant, _, texts), ours, solo, separate in zip(requests, mixed, alone, per_tenant):
-        reference = Predictor(store.exports[f"{tenant}:1"], base_dir=tiny_base, temperature=1.7).predict(texts)
+    for (tenant, _, texts), ours, solo, separate, slope in zip(requests, mixed, alone, per_tenant, slopes):
+        reference = Predictor(store.exports[f"{tenant}:1"], base_dir=tiny_base, temperature=1.7,
+                              temperature_slope=slope).predict(texts)
         for a, b, c, d in zip(ours, solo, separate, reference):
             assert a["label"] == b["label"] == c["label"] == d["label"]
             for other in (b, c, d):

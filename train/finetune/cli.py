@@ -113,13 +113,18 @@ def _run_finetune(args: argparse.Namespace) -> int:
         m = summary["metrics"]
         print(f"tenant {summary['tenant']}: test accuracy {m['test_accuracy']:.4f}, macro-F1 "
               f"{m['test_macro_f1']:.4f}, ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} "
-              f"(T={m['temperature']:.3f}) in {summary['train_seconds']:.0f}s")
+              f"(T={m['temperature']:.3f}{_slope_text(m)}) in {summary['train_seconds']:.0f}s")
         print(f"model: {summary['model_dir']}")
         if "model_version" in summary:
             promo = summary["promotion"]
             print(f"registered {summary['tenant']} version {summary['model_version']} as {summary['alias']}: "
                   f"{promo['reason']}")
     return 0
+
+
+def _slope_text(metrics: dict) -> str:
+    slope = metrics.get("temperature_slope", 0.0)
+    return f"*exp({slope:.3f}*margin)" if slope else ""
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -152,4 +157,5 @@ def _predict_registered(args: argparse.Namespace) -> tuple[list[dict], str]:
     registry = Registry.from_settings(get_settings(home=args.home, log_level=args.log_level))
     with tempfile.TemporaryDirectory(prefix="attune-predict-") as tmp:
         model_dir, info = registry.download(args.tenant, args.version, Path(tmp) / "model")
-        return Predictor(model_dir, temperature=info.temperature).predict(args.text), info.version
+        predictor = Predictor(model_dir, temperature=info.temperature, temperature_slope=info.temperature_slope)
+        return predictor.predict(args.text), info.version

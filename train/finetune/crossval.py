@@ -145,7 +145,8 @@ def small_data_loop_per_worker(loop_config: dict) -> dict:
     model, tokenizer = train_small(base_dir, labels, texts, y.tolist(), recipe)
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     _export(cfg, model, tokenizer, export_dir, data, metrics, loop_config["recipe"])
-    write_figure_data(export_dir.parent, figure_data(oof, y, labels, calibration.temperature))
+    figures = figure_data(oof, y, labels, calibration.temperature, calibration.temperature_slope)
+    write_figure_data(export_dir.parent, figures)
     try:
         ray.train.report({"done": True}, checkpoint=Checkpoint.from_directory(str(export_dir.parent)))
     finally:
@@ -160,7 +161,8 @@ def cv_metrics(oof_logits: np.ndarray, y: np.ndarray, labels: list[str], calibra
     from train._bootstrap import LEVEL, bootstrap_ci
     from train._metrics import classification_report
 
-    metrics = classification_report(oof_logits, y, labels, calibration.temperature)
+    metrics = classification_report(oof_logits, y, labels, calibration.temperature,
+                                    temperature_slope=calibration.temperature_slope)
     metrics.update(calibration.metrics())
     pred = np.asarray(oof_logits).argmax(1)
     f1_low, f1_high = bootstrap_ci(y, pred, len(labels))
@@ -177,7 +179,8 @@ def _export(cfg, model, tokenizer, export_dir: Path, data: dict, metrics: dict, 
 
     manifest = build_manifest(tenant=cfg.tenant, labels=data["labels"], base=cfg.base, method=cfg.method,
                               data_hash=data["data_hash"], metrics={**metrics, "recipe": recipe},
-                              temperature=metrics["temperature"], max_seq_len=cfg.max_seq_len,
+                              temperature=metrics["temperature"], temperature_slope=metrics["temperature_slope"],
+                              max_seq_len=cfg.max_seq_len,
                               split_counts=data["split_counts"], history=[],
                               params=cfg.model_dump(mode="json", exclude={"data", "out"}))
     export_model(model, tokenizer, export_dir, manifest)

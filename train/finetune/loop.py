@@ -283,10 +283,10 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     val_logits, _ = predict_logits(model, splits["validation"], 64, "cpu")
     test_logits, _ = predict_logits(model, splits["test"], 64, "cpu")
     calibration = calibrate(val_logits, splits["validation"].tensors[2].numpy())  # T, or 1 and why
-    temperature = calibration.temperature
+    temperature, slope = calibration.temperature, calibration.temperature_slope
     logger.info("calibration: %s", calibration.reason)
     y_test = splits["test"].tensors[2].numpy()
-    metrics = classification_report(test_logits, y_test, labels, temperature)
+    metrics = classification_report(test_logits, y_test, labels, temperature, temperature_slope=slope)
     metrics.update(calibration.metrics())
     metrics.update(best_val_macro_f1=state["best_val_macro_f1"], best_epoch=state["best_epoch"],
                    epochs_run=state["epoch"], restarts=state["restarts"], zero_stage=state["zero_stage"],
@@ -295,14 +295,15 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     export_dir = Path(tempfile.mkdtemp(prefix="attune-export-")) / "model"
     manifest = build_manifest(
         tenant=cfg.tenant, labels=labels, base=cfg.base, method=cfg.method, data_hash=data["data_hash"],
-        metrics=metrics, temperature=temperature, max_seq_len=cfg.max_seq_len,
+        metrics=metrics, temperature=temperature, temperature_slope=slope, max_seq_len=cfg.max_seq_len,
         split_counts=data["split_counts"], history=state["history"],
         params=cfg.model_dump(mode="json", exclude={"data", "out"}),
     )
     export_model(model, tokenizer, export_dir, manifest)
-    write_figure_data(export_dir.parent, figure_data(test_logits, y_test, labels, temperature))  # beside model/
-    logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%.3f)", metrics["test_accuracy"],
-                metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"], temperature)
+    write_figure_data(export_dir.parent, figure_data(test_logits, y_test, labels, temperature, slope))  # beside model/
+    logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%.3f%s)", metrics["test_accuracy"],
+                metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"], temperature,
+                f"*exp({slope:.3f}*margin)" if slope else "")
     try:
         ray.train.report({"done": True, **_flat(metrics)}, checkpoint=Checkpoint.from_directory(str(export_dir.parent)))
     finally:

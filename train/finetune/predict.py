@@ -14,9 +14,12 @@ from train.finetune.export import read_manifest
 class Predictor:
     """Loads an exported model directory and returns calibrated label scores."""
 
-    def __init__(self, model_dir: Path, base_dir: Optional[Path] = None, temperature: Optional[float] = None):
-        """``temperature`` overrides the manifest's (the registry stores one per version)."""
+    def __init__(self, model_dir: Path, base_dir: Optional[Path] = None, temperature: Optional[float] = None,
+                 temperature_slope: Optional[float] = None):
+        """``temperature`` and ``temperature_slope`` override the manifest's (the registry stores them per
+        version)."""
         from registry import ExportedClassifier
+        from registry import temperature_slope as manifest_slope
 
         self.model_dir = Path(model_dir)
         self.manifest = read_manifest(self.model_dir)
@@ -25,6 +28,8 @@ class Predictor:
         self.classifier = ExportedClassifier(self.model_dir, base_dir, manifest=self.manifest)
         self.labels: list[str] = self.classifier.labels
         self.temperature = float(self.manifest["temperature"] if temperature is None else temperature)
+        slope = manifest_slope(self.manifest) if temperature_slope is None else temperature_slope
+        self.temperature_slope = float(slope)
         self.max_seq_len = self.classifier.max_seq_len
         self.tokenizer = self.classifier.tokenizer
         self.model = self.classifier.model
@@ -33,4 +38,4 @@ class Predictor:
         return self.classifier.logits(texts, batch_size)
 
     def predict(self, texts: Sequence[str]) -> list[dict]:
-        return self.classifier.predict(texts, self.temperature)
+        return self.classifier.predict(texts, self.temperature, self.temperature_slope)

@@ -29,6 +29,7 @@ def run_record(kind: str, run_name: str, params: dict, metrics: dict, history: l
     lineage = Lineage(kind=kind, tenant=tenant, base=base, method=method, data_uri=data_uri,
                       data_hash=dataset.data_hash, split_counts=dataset.split_counts(), labels=dataset.labels,
                       temperature=float(metrics.get("temperature", 1.0)), calibration=metrics.get("calibration"),
+                      temperature_slope=float(metrics.get("temperature_slope", 0.0)),
                       code_version=code_version(), attune_version=attune_version())
     return RunRecord(run_name=run_name, params=params, metrics=numeric,
                      history=[{k: float(v) for k, v in row.items() if isinstance(v, (int, float))}

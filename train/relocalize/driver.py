@@ -161,4 +161,5 @@ def _champion_labels(registry: Registry, tenant: str, texts: list[str]) -> list[
 
     with tempfile.TemporaryDirectory(prefix="attune-relocalize-") as tmp:
         model_dir, info = registry.download(tenant, "champion", Path(tmp) / "model")
-        return [p["label"] for p in Predictor(model_dir, temperature=info.temperature).predict(texts)]
+        predictor = Predictor(model_dir, temperature=info.temperature, temperature_slope=info.temperature_slope)
+        return [p["label"] for p in predictor.predict(texts)]
