@@ -182,3 +182,20 @@ def test_a_registered_base_resolves_through_the_environments_registry(attune_hom
     local = resolve_base("models:/base.wiki/1")
     assert local.is_relative_to(attune_home.resolve()) and json.loads((local / "config.json").read_text()) == {
         "model_type": "bert", "hidden_size": 32}
+
+
+def test_the_manifests_temperature_slope_is_what_an_export_predicts_with(exports, tmp_path):
+    """``attune predict --model DIR`` (no registry) applies the export's own temperature and slope."""
+    import shutil
+
+    from registry import ExportedClassifier, read_manifest, write_manifest
+    from train import Predictor
+
+    sloped = tmp_path / "sloped"
+    shutil.copytree(exports["lora"], sloped)
+    write_manifest(sloped, {**read_manifest(sloped), "temperature": 2.0, "temperature_slope": -0.4})
+    logits = ExportedClassifier(sloped).logits(TEXTS)
+    expected = [scores(row, read_manifest(sloped)["labels"], 2.0, -0.4) for row in logits]
+    predicted = Predictor(sloped).predict(TEXTS)
+    assert [p["scores"] for p in predicted] == [e["scores"] for e in expected]
+    assert [p["scores"] for p in predicted] != [p["scores"] for p in Predictor(exports["lora"]).predict(TEXTS)]
