@@ -42,6 +42,9 @@ def test_list_show_promote_rollback_and_delete_tenant(tmp_path, attune_home, cap
     v1, v2 = shown["versions"]
     assert v1["promotion"]["promoted"] and v2["promotion"] == {"promoted": False, "reason": NO_PROMOTE}
     assert v2["lineage"]["base"] == "minilm" and v2["lineage"]["data_hash"] == "d" * 64
+    assert v2["temperature"] == 1.7 and v2["temperature_slope"] == 0.0
+    assert main(["registry", "show", "john"]) == 0
+    assert "  T=1.700  base=minilm" in capsys.readouterr().out
 
     assert main(["registry", "promote", "john", "2", "--json"]) == 0
     assert _json(capsys)["previous"] == "1"
@@ -70,3 +73,10 @@ def test_unknown_tenant_and_version_are_clear_errors(tmp_path, attune_home, caps
     assert main(["registry", "promote", "john", "9"]) == 2
     err = capsys.readouterr().err
     assert "9" in err and "john" in err
+
+
+def test_show_writes_a_sloped_temperature_as_the_formula_it_is():
+    from registry.cli import _temperature_text
+
+    assert _temperature_text({"temperature": 6.17, "temperature_slope": -0.207}) == "6.170*exp(-0.207*margin)"
+    assert _temperature_text({"temperature": 1.7, "temperature_slope": 0.0}) == "1.700"
