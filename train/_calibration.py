@@ -32,8 +32,9 @@ Why: full fine-tuning on all of newsdesk at its defaults overfits; it is far mor
 where its top two logits are close than where they are far apart, and no single T fixes both (on
 its validation split, the single T left ECE 0.055, the slope 0.019; on the test split 0.071 and
 0.029). The likelihood-ratio test keeps the slope away from models that one T calibrates (the
-demo's newsdesk, a LoRA fine-tune of newsdesk, tenants with a few hundred rows), and s <= 0 keeps
-wider margins at least as confident.
+demo's newsdesk and a LoRA fine-tune of newsdesk, docs/benchmarks.md#calibration; the synthetic
+cases of tests/unit/test_calibration.py, 60 rows among them), and s <= 0 keeps wider margins at
+least as confident.
 """
 from __future__ import annotations
 
