@@ -19,6 +19,7 @@ from registry._artifact import (
     resolve_base,
     scores,
     softmax,
+    temperature_text,
 )
 from registry._erase import erase_registry_data
 from registry._errors import (
@@ -101,6 +102,7 @@ __all__ = [
     # the artifact contract (registry._artifact; the PyTorch half, registry._classifier, loads lazily)
     "check_model_dir",
     "softmax",
+    "temperature_text",
     "scores",
     "mean_pool",
     "model_type",

@@ -161,6 +161,11 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, temperature_slope: flo
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def temperature_text(temperature: float, temperature_slope: float = 0.0) -> str:
+    """``1.970``, or ``6.170*exp(-0.207*margin)`` for a temperature that follows the logit margin."""
+    return f"{temperature:.3f}" + (f"*exp({temperature_slope:.3f}*margin)" if temperature_slope else "")
+
+
 def scores(logits: np.ndarray, labels: list[str], temperature: float, temperature_slope: float = 0.0) -> dict:
     """One text's prediction: ``{"label", "scores": {label: calibrated score}}``; ``logits`` may be
     longer than ``labels`` (a padded head), the extra entries are ignored."""

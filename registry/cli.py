@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cluster import add_json_flag
+from registry._artifact import temperature_text
 
 
 def register(subparsers) -> None:
@@ -77,12 +78,6 @@ def _run_list(args: argparse.Namespace) -> int:
     return _out(args, {"tenants": rows}, "\n".join(lines))
 
 
-def _temperature_text(version: dict) -> str:
-    """``1.970``, or ``6.170*exp(-0.207*margin)`` for a version whose temperature follows the logit margin."""
-    slope = version.get("temperature_slope", 0.0)
-    return f"{version['temperature']:.3f}" + (f"*exp({slope:.3f}*margin)" if slope else "")
-
-
 def _run_show(args: argparse.Namespace) -> int:
     registry = _registry(args)
     shown = registry.show(args.tenant)
@@ -95,7 +90,8 @@ def _run_show(args: argparse.Namespace) -> int:
         lines.append(f"  v{v['version']:<4} {','.join(v['aliases']) or '-':<20} "
                      f"acc {m.get('test_accuracy', nan):.4f}  macro-F1 {m.get('test_macro_f1', nan):.4f}"
                      f"  ECE {m.get('ece_before', nan):.4f}->{m.get('ece_after', nan):.4f}"
-                     f"  T={_temperature_text(v)}  base={lin.get('base')}  data={lin.get('data_hash', '')[:12]}"
+                     f"  T={temperature_text(v['temperature'], v['temperature_slope'])}"
+                     f"  base={lin.get('base')}  data={lin.get('data_hash', '')[:12]}"
                      f"  code={lin.get('code_version', '')[:12]}")
         if promo:
             lines.append(f"        promotion: {'promoted' if promo['promoted'] else 'not promoted'}: {promo['reason']}")

@@ -76,7 +76,7 @@ def test_unknown_tenant_and_version_are_clear_errors(tmp_path, attune_home, caps
 
 
 def test_show_writes_a_sloped_temperature_as_the_formula_it_is():
-    from registry.cli import _temperature_text
+    from registry import temperature_text
 
-    assert _temperature_text({"temperature": 6.17, "temperature_slope": -0.207}) == "6.170*exp(-0.207*margin)"
-    assert _temperature_text({"temperature": 1.7, "temperature_slope": 0.0}) == "1.700"
+    assert temperature_text(6.17, -0.207) == "6.170*exp(-0.207*margin)"
+    assert temperature_text(1.7, 0.0) == "1.700"

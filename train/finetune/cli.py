@@ -98,6 +98,7 @@ FLAGS = {"num_workers": "--workers", "promote": "--no-promote"}
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from cluster import emit_json, get_settings, shutdown_ray
+    from registry import temperature_text
     from train.finetune.driver import finetune
 
     settings = get_settings(home=args.home, log_level=args.log_level)
@@ -113,18 +114,14 @@ def _run_finetune(args: argparse.Namespace) -> int:
         m = summary["metrics"]
         print(f"tenant {summary['tenant']}: test accuracy {m['test_accuracy']:.4f}, macro-F1 "
               f"{m['test_macro_f1']:.4f}, ECE {m['ece_before']:.4f} -> {m['ece_after']:.4f} "
-              f"(T={m['temperature']:.3f}{_slope_text(m)}) in {summary['train_seconds']:.0f}s")
+              f"(T={temperature_text(m['temperature'], m.get('temperature_slope', 0.0))}) "
+              f"in {summary['train_seconds']:.0f}s")
         print(f"model: {summary['model_dir']}")
         if "model_version" in summary:
             promo = summary["promotion"]
             print(f"registered {summary['tenant']} version {summary['model_version']} as {summary['alias']}: "
                   f"{promo['reason']}")
     return 0
-
-
-def _slope_text(metrics: dict) -> str:
-    slope = metrics.get("temperature_slope", 0.0)
-    return f"*exp({slope:.3f}*margin)" if slope else ""
 
 
 def _run_predict(args: argparse.Namespace) -> int:

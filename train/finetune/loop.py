@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from registry import temperature_text
 from train import _deepspeed as ds
 from train._base import load_tokenizer, resolve_base
 from train._calibration import calibrate
@@ -301,9 +302,9 @@ def _finish(cfg, rank, world, base_dir, tokenizer, labels, splits, best, state, 
     )
     export_model(model, tokenizer, export_dir, manifest)
     write_figure_data(export_dir.parent, figure_data(test_logits, y_test, labels, temperature, slope))  # beside model/
-    logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%.3f%s)", metrics["test_accuracy"],
-                metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"], temperature,
-                f"*exp({slope:.3f}*margin)" if slope else "")
+    logger.info("test accuracy %.4f  macro-F1 %.4f  ECE %.4f -> %.4f (T=%s)", metrics["test_accuracy"],
+                metrics["test_macro_f1"], metrics["ece_before"], metrics["ece_after"],
+                temperature_text(temperature, slope))
     try:
         ray.train.report({"done": True, **_flat(metrics)}, checkpoint=Checkpoint.from_directory(str(export_dir.parent)))
     finally:
